@@ -1,0 +1,52 @@
+"""`comms=ddp`: torch DistributedDataParallel behind the loop's GradSync interface.
+
+DDP already fuses gradients into buckets (`comms.fusion_threshold_mb` -> bucket_cap_mb)
+and overlaps each bucket's allreduce with the rest of backward; `comms.compress` maps to
+its fp16/bf16 compression hooks. It has no hierarchy and no cost model: those are
+`comms=fused|hierarchical`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from comms.config import CommsConfig
+
+
+class DDPSync:
+    """The loop's one view of gradient communication: wrap, finish, reduce metrics."""
+
+    def __init__(self, config: CommsConfig, *, world_size: int, device: torch.device):
+        self.config = config
+        self.world_size = world_size
+        self.device = device
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return the module to run forward/backward on (gradients averaged in backward)."""
+        if self.world_size == 1:
+            return model
+        ddp = DistributedDataParallel(
+            model,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            bucket_cap_mb=self.config.fusion_threshold_mb,
+            # Gradients live inside the fused buckets: no copy in or out per step.
+            gradient_as_bucket_view=True,
+        )
+        if self.config.compress != "none":
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            hook = {"fp16": default_hooks.fp16_compress_hook,
+                    "bf16": default_hooks.bf16_compress_hook}[self.config.compress]
+            ddp.register_comm_hook(state=None, hook=hook)
+        return ddp
+
+    def finish(self) -> None:
+        """Wait for gradient communication before the optimizer step (DDP did, in backward)."""
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small metrics tensor over all workers (in place; returned for chaining)."""
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values

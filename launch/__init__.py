@@ -1,0 +1,1 @@
+"""Thin entry points: train (run.py), and the job glue they share (config.py, job.py)."""

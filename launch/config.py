@@ -1,0 +1,154 @@
+"""The whole run's config: composes the component schemas, registers them with Hydra,
+and checks values across components before Ray starts.
+
+Every group of `conf/` merges into a typed node of `Config` (struct mode), so an unknown
+key or a value of the wrong type fails at composition with the key's name; `validate`
+then raises ValueError naming the key for values out of range or inconsistent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from comms.config import CommsConfig
+from ingest.config import DataConfig
+from trainers.config import (
+    ModelConfig,
+    OptimConfig,
+    PrecisionConfig,
+    TrainerConfig,
+    require,
+)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+@dataclass
+class ClusterConfig:
+    """The embedded local cluster (used when `ray.address` is null)."""
+
+    name: str = "local"
+    # Logical CPUs of the local cluster (null: physical cores + 2). Ray Data needs CPU
+    # slots beside the training workers, else the pipeline stalls.
+    num_cpus: int | None = None
+    object_store_memory_mb: int | None = None
+    # The dashboard (ray[default]) is what lets Tune with Train V2 release placement groups.
+    include_dashboard: bool | None = None
+
+
+@dataclass
+class RaySection:
+    # null: start a local cluster bound to loopback; "auto" or "host:port": join a cluster.
+    address: str | None = None
+
+
+@dataclass
+class RunSection:
+    # null: Hydra's output directory for this run (outputs/DATE/TIME).
+    output_dir: str | None = None
+    name: str = "train"
+
+
+@dataclass
+class Config:
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    comms: CommsConfig = field(default_factory=CommsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    ray: RaySection = field(default_factory=RaySection)
+    run: RunSection = field(default_factory=RunSection)
+
+
+def register_configs() -> None:
+    """Register the schema that `conf/config.yaml` lists first in its defaults."""
+    ConfigStore.instance().store(name="raylars_schema", node=Config)
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Check every component and the cross-component rules; return the typed config."""
+    if isinstance(cfg, DictConfig):
+        _reject_unknown_keys(cfg, schema=Config, prefix="")
+    config = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    for section in (config.trainer, config.model, config.data, config.optim,
+                    config.precision, config.comms):
+        section.validate()
+    _check_cross_fields(config)
+    _warn_ignored(config)
+    return config
+
+
+def _reject_unknown_keys(node: DictConfig, *, schema: type, prefix: str) -> None:
+    # Struct mode stops `key=value` typos, but Hydra's `+key=value` appends on purpose;
+    # to_object would then drop the key silently, so name it instead.
+    fields = {f.name: f.type for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in node.keys():
+        if key not in fields:
+            raise ValueError(f"{prefix}{key}: unknown config key (not in {schema.__name__})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and dataclasses.is_dataclass(hints[key]):
+            _reject_unknown_keys(child, schema=hints[key], prefix=f"{prefix}{key}.")
+
+
+def _check_cross_fields(config: Config) -> None:
+    from ingest import dataset_sizes
+
+    trainer, optim = config.trainer, config.optim
+    require(
+        optim.warmup_epochs < trainer.epochs,
+        f"optim.warmup_epochs ({optim.warmup_epochs}) must be < trainer.epochs ({trainer.epochs})",
+    )
+    num_train, _ = dataset_sizes(config.data, seed=trainer.seed)
+    per_worker_rows = num_train // trainer.num_workers
+    require(
+        per_worker_rows >= trainer.per_worker_batch_size,
+        f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
+        f"{num_train} training samples of data={config.data.name}: no full step per epoch",
+    )
+    if config.cluster.num_cpus is not None:
+        require(
+            config.cluster.num_cpus >= trainer.num_workers * trainer.cpus_per_worker,
+            f"cluster.num_cpus ({config.cluster.num_cpus}) cannot host trainer.num_workers x "
+            f"trainer.cpus_per_worker ({trainer.num_workers} x {trainer.cpus_per_worker})",
+        )
+
+
+def _warn_ignored(config: Config) -> None:
+    defaults = CommsConfig()
+    if config.data.path is not None:
+        warnings.warn(f"data.path is ignored by data={config.data.name}", stacklevel=3)
+    if config.comms.name == "ddp":
+        if config.comms.segments != defaults.segments or config.comms.ranks_per_node is not None:
+            warnings.warn(
+                "comms.segments and comms.ranks_per_node are ignored by comms=ddp "
+                "(DDP overlaps per bucket and has no hierarchy)",
+                stacklevel=3,
+            )
+    if config.ray.address is not None and config.cluster.num_cpus is not None:
+        warnings.warn("cluster.num_cpus is ignored when ray.address is set", stacklevel=3)
+
+
+def compose(overrides: list[str] | None = None) -> Config:
+    """Compose `conf/config.yaml` with Hydra overrides and validate it (for tests, Tune)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    return validate(cfg)
+
+
+def to_plain_dict(config: Config) -> dict:
+    """The resolved config as plain JSON-friendly data (for summary.json)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)

@@ -1,0 +1,78 @@
+"""Config composition and validation: every bad value fails before Ray starts, naming its key."""
+
+import pytest
+from omegaconf.errors import OmegaConfBaseException
+
+from launch.config import Config, compose, to_plain_dict
+
+
+def test_default_config_composes_and_validates():
+    config = compose([])
+    assert isinstance(config, Config)
+    assert config.trainer.num_workers == 2
+    assert (config.model.name, config.data.name, config.optim.name) == ("small_resnet", "digits", "lars")
+    assert (config.precision.name, config.comms.name, config.ray.address) == ("fp32", "ddp", None)
+    assert to_plain_dict(config)["optim"]["lr"] == config.optim.lr
+
+
+@pytest.mark.parametrize("group,option", [
+    ("model", "resnet50"), ("model", "alexnet_bn"), ("model", "alexnet"), ("optim", "sgd"),
+    ("precision", "fp16"), ("precision", "bf16"), ("data", "synthetic"),
+])
+def test_every_group_option_composes(group, option):
+    config = compose([f"{group}={option}"])
+    assert getattr(config, group).name == option
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.num_workers=0", "trainer.num_workers"),
+    ("trainer.epochs=0", "trainer.epochs"),
+    ("trainer.global_batch_size=63", "trainer.global_batch_size"),  # not divisible by 2 workers
+    ("trainer.global_batch_size=4096", "trainer.global_batch_size"),  # larger than the data
+    ("trainer.cpus_per_worker=0", "trainer.cpus_per_worker"),
+    ("trainer.max_failures=-2", "trainer.max_failures"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.momentum=1.0", "optim.momentum"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+    ("optim.trust_coefficient=0", "optim.trust_coefficient"),
+    ("optim.warmup_epochs=15", "optim.warmup_epochs"),  # not < trainer.epochs
+    ("optim.end_lr=100", "optim.end_lr"),
+    ("optim.label_smoothing=1.0", "optim.label_smoothing"),
+    ("optim.name=adam", "optim.name"),
+    ("model.name=vgg16", "model.name"),
+    ("data.name=imagenet", "data.name"),
+    ("data.image_size=4", "data.image_size"),
+    ("precision.name=fp8", "precision.name"),
+    ("precision.init_scale=0", "precision.init_scale"),
+    ("comms.compress=int8", "comms.compress"),
+    ("comms.fusion_threshold_mb=0", "comms.fusion_threshold_mb"),
+    ("comms.segments=0", "comms.segments"),
+    ("comms.backend=mpi", "comms.backend"),
+    ("cluster.num_cpus=1", "cluster.num_cpus"),
+])
+def test_bad_value_raises_value_error_naming_key(override, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        compose([override])
+
+
+@pytest.mark.parametrize("override,key", [
+    ("trainer.epochs=many", "trainer.epochs"),  # wrong type
+    ("+trainer.epoch=3", "trainer.epoch"),  # a key added with + that no schema has
+    ("optim.lrr=0.1", "lrr"),
+])
+def test_unknown_key_or_wrong_type_names_the_key(override, key):
+    with pytest.raises(Exception) as info:  # Hydra/OmegaConf composition errors
+        compose([override])
+    assert isinstance(info.value, (OmegaConfBaseException, Exception))
+    assert key in str(info.value) or key in str(info.value.__cause__)
+
+
+def test_unknown_group_option_is_rejected():
+    with pytest.raises(Exception, match="fused"):
+        compose(["comms=fused"])
+
+
+def test_ignored_setting_warns():
+    with pytest.warns(UserWarning, match="data.path"):
+        compose(["data.path=/tmp/x"])

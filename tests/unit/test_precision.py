@@ -1,0 +1,76 @@
+"""Mixed precision: fp32 master weights, loss scaling, skipped non-finite steps."""
+
+import torch
+
+from trainers.config import PrecisionConfig
+from trainers.lars import LARS
+from trainers.precision import Precision
+
+
+def make(name, **kwargs):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
+    return model, optimizer, Precision(PrecisionConfig(name=name, **kwargs), device_type="cpu")
+
+
+def loss_of(model, precision):
+    x = torch.randn(32, 8)
+    with precision.autocast():
+        out = model(x)
+    return out.float().pow(2).mean(), out
+
+
+def test_fp16_skips_step_on_inf_gradient_and_leaves_parameters_untouched():
+    model, optimizer, precision = make("fp16", init_scale=1024.0)
+    loss, _ = loss_of(model, precision)
+    precision.backward(loss)
+    model[0].weight.grad[0, 0] = float("inf")
+    before = [p.detach().clone() for p in model.parameters()]
+    assert precision.step(optimizer) is False
+    assert precision.skipped_steps == 1
+    assert precision.loss_scale == 512.0  # halved
+    for old, new in zip(before, model.parameters(), strict=True):
+        assert torch.equal(old, new)
+    assert optimizer.state == {} or all(
+        torch.count_nonzero(s["momentum_buffer"]) == 0 for s in optimizer.state.values())
+
+
+def test_fp16_finite_step_unscales_before_the_optimizer():
+    # The same finite step in fp16-with-scaler and in plain fp32 must give nearly the same
+    # update: LARS must see unscaled gradients (else its norms are off by the scale).
+    model16, opt16, prec16 = make("fp16", init_scale=2.0**14)
+    model32, opt32, prec32 = make("fp32")
+    torch.manual_seed(1)
+    loss16, out16 = loss_of(model16, prec16)
+    torch.manual_seed(1)
+    loss32, _ = loss_of(model32, prec32)
+    assert out16.dtype == torch.float16  # autocast really computed in fp16
+    prec16.backward(loss16)
+    prec32.backward(loss32)
+    assert prec16.step(opt16) and prec32.step(opt32)
+    assert prec16.skipped_steps == 0
+    for p16, p32 in zip(model16.parameters(), model32.parameters(), strict=True):
+        assert p16.dtype == torch.float32  # master weights stay fp32
+        torch.testing.assert_close(p16, p32, rtol=2e-3, atol=2e-4)
+
+
+def test_bf16_autocasts_without_scaler():
+    model, optimizer, precision = make("bf16")
+    loss, out = loss_of(model, precision)
+    assert out.dtype == torch.bfloat16
+    assert precision.scaler is None and precision.loss_scale == 1.0
+    precision.backward(loss)
+    assert precision.step(optimizer)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_state_dict_round_trips_scale_and_skip_count():
+    model, optimizer, precision = make("fp16", init_scale=256.0)
+    loss, _ = loss_of(model, precision)
+    precision.backward(loss)
+    model[2].bias.grad[0] = float("nan")
+    precision.step(optimizer)
+    restored = Precision(PrecisionConfig(name="fp16"), device_type="cpu")
+    restored.load_state_dict(precision.state_dict())
+    assert restored.loss_scale == 128.0 and restored.skipped_steps == 1

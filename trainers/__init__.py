@@ -1,0 +1,1 @@
+"""Per-worker training: LARS, schedule, mixed precision, models and the train loop."""

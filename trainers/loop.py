@@ -1,0 +1,256 @@
+"""The train_loop_per_worker run by every Ray Train worker: epochs of steps over the Ray
+Data shard, evaluation, metrics, checkpoints, and exact resume.
+
+Determinism: the model init comes from `trainer.seed`; the data order and augmentation of
+epoch e on rank r come from (seed, e, r) only, so two runs with the same seed and world
+size see the same batches, and a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+
+from comms import build_grad_sync
+from ingest import DatasetInfo
+from ingest.batches import normalize, random_shift
+from launch.config import Config
+from trainers.models import build_model
+from trainers.optim import build_optimizer, set_lr
+from trainers.precision import Precision
+from trainers.schedule import WarmupPolySchedule
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def steps_per_epoch(*, num_train: int, world_size: int, global_batch_size: int,
+                    max_steps: int | None) -> int:
+    """Full global batches per epoch: each worker's equal shard cut into per-worker batches;
+    the remainder that does not fill a global batch is dropped (it differs each epoch)."""
+    steps = (num_train // world_size) // (global_batch_size // world_size)
+    return min(steps, max_steps) if max_steps else steps
+
+
+def derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    train_images: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+    resumed_from_steps: list = field(default_factory=list)
+
+
+class Worker:
+    """One rank's model, optimizer, precision, comms and state."""
+
+    def __init__(self, config: Config, info: DatasetInfo):
+        ctx = ray.train.get_context()
+        self.config, self.info = config, info
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(config.trainer.seed)
+        self.model = build_model(name=config.model.name, num_classes=info.num_classes,
+                                 in_channels=info.in_channels).to(self.device)
+        self.optimizer = build_optimizer(config.optim, model=self.model)
+        self.precision = Precision(config.precision, device_type=self.device.type)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+        self.steps_per_epoch = steps_per_epoch(
+            num_train=info.num_train, world_size=self.world_size,
+            global_batch_size=config.trainer.global_batch_size,
+            max_steps=config.trainer.max_steps_per_epoch)
+        self.schedule = WarmupPolySchedule.from_epochs(
+            base_lr=config.optim.lr, end_lr=config.optim.end_lr,
+            warmup_epochs=config.optim.warmup_epochs, epochs=config.trainer.epochs,
+            steps_per_epoch=self.steps_per_epoch, power=config.optim.poly_power)
+        self.state = TrainState()
+        self._restore()
+        # Wrap after restoring, so DDP broadcasts the restored weights from rank 0.
+        self.sync = build_grad_sync(config.comms, world_size=self.world_size, device=self.device)
+        self.train_model = self.sync.wrap(self.model)
+        shape = (1, info.in_channels, 1, 1)
+        self.mean = torch.tensor(info.mean, device=self.device).view(shape)
+        self.std = torch.tensor(info.std, device=self.device).view(shape)
+
+    def _restore(self) -> None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None and self.config.trainer.resume_from:
+            checkpoint = ray.train.Checkpoint(self.config.trainer.resume_from)
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=self.device,
+                               weights_only=True)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.precision.load_state_dict(saved["precision"])
+        self.state = TrainState(**saved["train_state"])
+        self.state.resumed_from_steps.append(self.state.global_step)
+        if self.rank == 0:
+            print(f"[raylars] resumed from {checkpoint.path} at epoch {self.state.epoch}, "
+                  f"global step {self.state.global_step}", flush=True)
+
+    def _batches(self, shard, *, epoch: int):
+        """Per-worker batches of the shard, shuffled locally with a (seed, epoch, rank) seed."""
+        trainer = self.config.trainer
+        per_worker = trainer.per_worker_batch_size
+        shard_rows = self.info.num_train // self.world_size
+        return shard.iter_torch_batches(
+            batch_size=per_worker, drop_last=True, prefetch_batches=2,
+            local_shuffle_buffer_size=max(per_worker, min(shard_rows, 65536)),
+            local_shuffle_seed=derived_seed(trainer.seed, epoch, self.rank),
+            device=self.device, pin_memory=self.device.type == "cuda")
+
+    def _maybe_inject_fault(self, run_dir: str) -> None:
+        marker = Path(run_dir) / ".fault_injected"
+        if (self.rank == 0 and self.state.global_step == self.config.trainer.fail_at_step
+                and not marker.exists()):
+            marker.touch()
+            raise RuntimeError(
+                f"fault injected before global step {self.state.global_step} "
+                "(trainer.fail_at_step)")
+
+    def train_epoch(self, shard, *, epoch: int, run_dir: str) -> dict:
+        self.train_model.train()
+        generator = torch.Generator().manual_seed(derived_seed(self.config.trainer.seed, epoch,
+                                                               self.rank, 1))
+        loss_sum = torch.zeros((), device=self.device)
+        steps, seconds = 0, 0.0
+        start = time.perf_counter()
+        # Read the whole shard even past a max_steps cap: every worker must finish the
+        # epoch's streaming split before the next one starts.
+        for batch in self._batches(shard, epoch=epoch):
+            if steps == self.steps_per_epoch:
+                continue
+            self._maybe_inject_fault(run_dir)
+            images = normalize(batch["image"], mean=self.mean, std=self.std)
+            images = random_shift(images, max_shift_px=self.config.data.max_shift_px,
+                                  generator=generator) if self.config.data.max_shift_px else images
+            loss_sum += self._step(images, batch["label"])
+            steps += 1
+            if steps == self.steps_per_epoch:
+                seconds = time.perf_counter() - start
+        assert steps == self.steps_per_epoch, (steps, self.steps_per_epoch)
+        return {"loss_sum": loss_sum, "steps": steps, "seconds": seconds}
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        lr = self.schedule(self.state.global_step)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            loss = self.loss_fn(self.train_model(images), labels)
+        self.precision.backward(loss)
+        self.sync.finish()
+        self.precision.step(self.optimizer)
+        self.state.global_step += 1
+        return loss.detach().float()
+
+    @torch.no_grad()
+    def evaluate(self, val_iterator) -> tuple[float, float]:
+        """(correct, total) of this rank's share: val batches i with i % world == rank."""
+        self.model.eval()
+        correct = total = 0.0
+        batches = val_iterator.iter_torch_batches(
+            batch_size=self.config.trainer.eval_batch_size, device=self.device, prefetch_batches=2)
+        for index, batch in enumerate(batches):
+            if index % self.world_size != self.rank:
+                continue
+            images = normalize(batch["image"], mean=self.mean, std=self.std)
+            with self.precision.autocast():
+                logits = self.model(images)
+            correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
+            total += len(batch["label"])
+        return correct, total
+
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "train_state": asdict(self.state),
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+        }
+
+
+def _quiet_train_report_logs() -> None:
+    """Train logs every report, all metrics included, at INFO on a logger named by its
+    file path (outside `ray.train`, so RunConfig's LoggingConfig does not reach it); the
+    epoch line says the same in one line."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # a Ray version without that module: nothing to quiet
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    config: Config = loop_config["config"]
+    # DDP warns once per 1x1 conv: on CPU their weight grads come out in an equivalent
+    # but differently-strided layout. Harmless (one copy into the bucket), so keep the
+    # progress output readable.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    _quiet_train_report_logs()
+    torch.set_num_threads(config.trainer.torch_threads or max(1, int(config.trainer.cpus_per_worker)))
+    worker = Worker(config, loop_config["info"])
+    shard = ray.train.get_dataset_shard("train")
+    val_iterator = ray.train.get_dataset_shard("val")
+    for epoch in range(worker.state.epoch, config.trainer.epochs):
+        stats = worker.train_epoch(shard, epoch=epoch, run_dir=loop_config["run_dir"])
+        correct, total = worker.evaluate(val_iterator)
+        totals = worker.sync.all_reduce_sum(torch.tensor(
+            [stats["loss_sum"].item(), stats["steps"], correct, total], dtype=torch.float64,
+            device=worker.device)).tolist()
+        _finish_epoch(worker, epoch=epoch, stats=stats, totals=totals)
+
+
+def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> None:
+    config, state = worker.config, worker.state
+    loss_sum, step_count, correct, total = totals
+    images = stats["steps"] * config.trainer.global_batch_size
+    state.epoch = epoch + 1
+    state.train_images += images
+    state.train_seconds += stats["seconds"]
+    record = {
+        "epoch": state.epoch, "global_step": state.global_step,
+        "train_loss": loss_sum / step_count, "val_top1": correct / total,
+        "images_per_sec": images / stats["seconds"], "lr": worker.schedule(state.global_step - 1),
+        "loss_scale": worker.precision.loss_scale,
+        "skipped_steps": worker.precision.skipped_steps, "world_size": worker.world_size,
+    }
+    state.history.append(record)
+    metrics = {**record, "history": state.history, "steps_per_epoch": worker.steps_per_epoch,
+               "images_per_sec_mean": state.train_images / state.train_seconds,
+               "resumed_from_steps": state.resumed_from_steps, "num_val": total}
+    if worker.rank == 0:
+        print(f"[raylars] epoch {state.epoch}/{config.trainer.epochs} step {state.global_step} "
+              f"loss {record['train_loss']:.4f} val_top1 {record['val_top1']:.4f} "
+              f"img/s {record['images_per_sec']:.0f} lr {record['lr']:.4g} "
+              f"loss_scale {record['loss_scale']:g} skipped {record['skipped_steps']}", flush=True)
+    last = state.epoch == config.trainer.epochs
+    if not (last or state.epoch % config.trainer.checkpoint_every_epochs == 0):
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if worker.rank == 0:
+            torch.save(worker.checkpoint_state(), os.path.join(directory, CHECKPOINT_FILE))
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}")

@@ -1,0 +1,187 @@
+"""Model zoo for raylars: builds every network the trainers can train, with its initialisation.
+
+This module owns the architectures (ResNet-50, AlexNet, AlexNet-BN and a small CPU-demo
+ResNet) and the weight-initialisation rules of Jia et al. 2018 ("ImageNet in four minutes"):
+He init for convolutions, the last BatchNorm gamma of each residual block set to zero, and a
+final classifier drawn from N(0, 0.01) with zero bias. It does not own optimisers, mixed
+precision or data: trainers call :func:`build_model` and get a plain fp32 ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+MODEL_NAMES = ("small_resnet", "resnet50", "alexnet_bn", "alexnet")
+
+# Std of the final classifier's weights: small, so the initial logits are near zero and the
+# first steps start from an almost uniform softmax (as in the paper's recipe).
+FINAL_FC_STD = 0.01
+
+
+def build_model(*, name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """Build and initialise the network ``name`` with a ``num_classes``-way classifier."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model.name {name!r}; known names: {', '.join(MODEL_NAMES)}")
+    num_classes = _checked_int(num_classes, "num_classes", minimum=2)
+    in_channels = _checked_int(in_channels, "in_channels", minimum=1)
+    if name == "small_resnet":
+        return SmallResNet(num_classes=num_classes, in_channels=in_channels)
+    if name == "resnet50":
+        return resnet50(num_classes=num_classes, in_channels=in_channels)
+    return AlexNet(
+        num_classes=num_classes, in_channels=in_channels, batch_norm=name == "alexnet_bn"
+    )
+
+
+def _checked_int(value: object, what: str, *, minimum: int) -> int:
+    # operator.index accepts numpy/torch integers (e.g. from a Hydra config or a dataset) but
+    # rejects floats, which would otherwise silently build a wrong layer size.
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or number < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def final_layer(model: nn.Module) -> nn.Linear:
+    """The Linear layer producing the logits (the one initialised from N(0, 0.01))."""
+    if isinstance(model, AlexNet):
+        return model.classifier[-1]
+    return model.fc
+
+
+def init_weights(model: nn.Module) -> None:
+    """Apply the paper's initialisation to ``model`` in place (all built models use it)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            # Hidden FC layers (AlexNet) feed ReLUs with no BN in between, so He fan_in keeps
+            # the forward activation variance; N(0, 0.01) there would shrink it ~2x per layer.
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    fc = final_layer(model)
+    nn.init.normal_(fc.weight, mean=0.0, std=FINAL_FC_STD)
+    nn.init.zeros_(fc.bias)
+    # Zero gamma on each residual branch's last BN makes every block start as the identity,
+    # which is what keeps very large-batch training stable in the first epochs.
+    for module in model.modules():
+        if isinstance(module, Bottleneck):
+            nn.init.zeros_(module.bn3.weight)
+        elif isinstance(module, BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+
+
+def resnet50(*, num_classes: int, in_channels: int = 3) -> nn.Module:
+    """torchvision ResNet-50 (no pretrained weights), optionally with a non-RGB stem."""
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    init_weights(model)
+    return model
+
+
+class SmallResNet(nn.Module):
+    """CIFAR-style ResNet for 32x32 inputs, cheap enough for the CPU demo (~12.5 MMACs/image).
+
+    3x3 stem (16 ch), three stages of BasicBlocks (16/32/64 ch, strides 1/2/2), global average
+    pooling and a linear classifier. ``blocks_per_stage`` deepens every stage equally.
+    """
+
+    def __init__(self, *, num_classes: int, in_channels: int = 3, blocks_per_stage: int = 1):
+        super().__init__()
+        blocks_per_stage = _checked_int(blocks_per_stage, "blocks_per_stage", minimum=1)
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        stages, width = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            stages.append(_basic_stage(width, planes, stride, blocks_per_stage))
+            width = planes
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _basic_stage(inplanes: int, planes: int, stride: int, blocks: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or inplanes != planes:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(planes),
+        )
+    layers = [BasicBlock(inplanes, planes, stride=stride, downsample=downsample)]
+    layers += [BasicBlock(planes, planes) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class AlexNet(nn.Module):
+    """AlexNet with torchvision's layout; ``batch_norm=True`` gives the paper's AlexNet-BN.
+
+    AlexNet-BN adds a BatchNorm2d after every convolution (before its ReLU) and one after pool5
+    (on the 6x6 map, before flattening): the paper needs these for a 64K batch to converge.
+    Module names match torchvision's ``alexnet`` (features/avgpool/classifier) when plain.
+    """
+
+    def __init__(self, *, num_classes: int, in_channels: int = 3, batch_norm: bool = False):
+        super().__init__()
+        self.features = _alexnet_features(in_channels, batch_norm)
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.pool5_bn = nn.BatchNorm2d(256) if batch_norm else nn.Identity()
+        self.classifier = nn.Sequential(
+            nn.Dropout(p=0.5),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=0.5),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool5_bn(self.avgpool(self.features(x)))
+        return self.classifier(torch.flatten(x, 1))
+
+
+# (out_channels, kernel, stride, padding, max-pool after) for AlexNet's five convolutions.
+_ALEXNET_CONVS = (
+    (64, 11, 4, 2, True),
+    (192, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+)
+
+
+def _alexnet_features(in_channels: int, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = in_channels
+    for out, kernel, stride, padding, pool in _ALEXNET_CONVS:
+        # A conv bias right before BN is cancelled by BN's mean subtraction, so drop it.
+        layers.append(nn.Conv2d(width, out, kernel, stride, padding, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(inplace=True))
+        if pool:
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
+        width = out
+    return nn.Sequential(*layers)

@@ -1,0 +1,66 @@
+"""Mixed precision as in the brief: compute in fp16/bf16 under autocast, keep parameters
+(master weights) and the optimizer's math in fp32.
+
+fp16 uses dynamic loss scaling (torch.amp.GradScaler): gradients are unscaled before the
+optimizer sees them (LARS norms need true magnitudes), and a step whose gradients hold
+inf/nan is skipped and counted. bf16 has fp32's exponent range, so it needs no scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from trainers.config import PrecisionConfig
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Precision:
+    def __init__(self, config: PrecisionConfig, *, device_type: str):
+        self.name = config.name
+        self.device_type = device_type
+        self.skipped_steps = 0
+        self.scaler = None
+        if self.name == "fp16":
+            self.scaler = torch.amp.GradScaler(
+                device_type, init_scale=config.init_scale, growth_interval=config.growth_interval
+            )
+
+    def autocast(self):
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=_AUTOCAST_DTYPES[self.name])
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Unscale, step unless gradients are non-finite, update the scale. True if stepped."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        self.scaler.unscale_(optimizer)
+        scale_before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        # GradScaler lowers the scale exactly when it found inf/nan and skipped the step.
+        stepped = self.scaler.get_scale() >= scale_before
+        self.skipped_steps += 0 if stepped else 1
+        return stepped
+
+    @property
+    def loss_scale(self) -> float:
+        return float(self.scaler.get_scale()) if self.scaler else 1.0
+
+    def state_dict(self) -> dict:
+        state = {"skipped_steps": self.skipped_steps}
+        if self.scaler:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the raylars trainer (coarse-to-fine LR/warmup search)."""
