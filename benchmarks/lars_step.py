@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # replace the script's folder: Ray ships it to workers
 
 from trainers.lars import LARS, lars_param_groups  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Config schema of the gradient-communication component (`comms=`)."""
+"""Config schema of the gradient-communication component (`comms=ddp|fused|hierarchical`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from trainers.config import require
 
-COMMS_NAMES = ("ddp",)
+COMMS_NAMES = ("ddp", "fused", "hierarchical")
+VARIANT_NAMES = ("auto", "reduce_bcast", "2d")
+SPLIT_NAMES = ("auto", "bytes")
 COMPRESS_NAMES = ("none", "fp16", "bf16")
 
 
@@ -23,6 +25,15 @@ class CommsConfig:
     compress: str = "none"
     # torch.distributed backend (null: nccl on GPU, gloo on CPU).
     backend: str | None = None
+    # Hierarchical algorithm: reduce_bcast (reduce to the node leader, leaders allreduce,
+    # broadcast), 2d (reduce-scatter, per-shard allreduce across nodes, allgather; equal
+    # ranks per node), auto (2d on nccl when nodes are equal and both levels exist, else
+    # reduce_bcast).
+    variant: str = "auto"
+    # Where the segments split: auto (after the first step, the cost model picks the split
+    # from that step's measured bucket-ready times and the allreduce time line measured at
+    # wrap), bytes (equal bytes per segment).
+    split: str = "auto"
 
     def validate(self) -> None:
         require(
@@ -41,6 +52,14 @@ class CommsConfig:
         require(
             self.compress in COMPRESS_NAMES,
             f"comms.compress must be one of {', '.join(COMPRESS_NAMES)}, got {self.compress!r}",
+        )
+        require(
+            self.variant in VARIANT_NAMES,
+            f"comms.variant must be one of {', '.join(VARIANT_NAMES)}, got {self.variant!r}",
+        )
+        require(
+            self.split in SPLIT_NAMES,
+            f"comms.split must be one of {', '.join(SPLIT_NAMES)}, got {self.split!r}",
         )
         require(
             self.backend in (None, "gloo", "nccl"),

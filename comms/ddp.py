@@ -45,6 +45,12 @@ class DDPSync:
     def finish(self) -> None:
         """Wait for gradient communication before the optimizer step (DDP did, in backward)."""
 
+    def describe(self) -> dict:
+        """JSON-friendly description for the run's metrics and summary (`comms`)."""
+        return {"name": "ddp", "world_size": self.world_size,
+                "fusion_threshold_mb": self.config.fusion_threshold_mb,
+                "compress": self.config.compress, "algorithm": {"algorithm": "ddp"}}
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
         """Sum a small metrics tensor over all workers (in place; returned for chaining)."""
         if self.world_size > 1 and dist.is_initialized():

@@ -26,6 +26,7 @@ from trainers.config import (
     TrainerConfig,
     require,
 )
+from tune.config import TuneConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -67,6 +68,8 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     ray: RaySection = field(default_factory=RaySection)
     run: RunSection = field(default_factory=RunSection)
+    # Used by `launch/tune.py` only; `launch/run.py` ignores it.
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def register_configs() -> None:
@@ -74,15 +77,22 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="raylars_schema", node=Config)
 
 
-def validate(cfg: DictConfig | Config) -> Config:
-    """Check every component and the cross-component rules; return the typed config."""
+def validate(cfg: DictConfig | Config, *, for_tune: bool = False) -> Config:
+    """Check every component and the cross-component rules; return the typed config.
+    `for_tune` adds the checks of the sweep settings (`launch/tune.py`)."""
     if isinstance(cfg, DictConfig):
         _reject_unknown_keys(cfg, schema=Config, prefix="")
     config = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     for section in (config.trainer, config.model, config.data, config.optim,
-                    config.precision, config.comms):
+                    config.precision, config.comms, config.tune):
         section.validate()
     _check_cross_fields(config)
+    if for_tune:
+        require(
+            max(config.tune.warmup_epochs) < config.trainer.epochs,
+            f"tune.warmup_epochs ({list(config.tune.warmup_epochs)}) must all be < "
+            f"trainer.epochs ({config.trainer.epochs})",
+        )
     _warn_ignored(config)
     return config
 
@@ -115,6 +125,9 @@ def _check_cross_fields(config: Config) -> None:
         f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
         f"{num_train} training samples of data={config.data.name}: no full step per epoch",
     )
+    if trainer.resume_from is not None:
+        _check_resume_from(trainer)
+
     if config.cluster.num_cpus is not None:
         require(
             config.cluster.num_cpus >= trainer.num_workers * trainer.cpus_per_worker,
@@ -123,14 +136,32 @@ def _check_cross_fields(config: Config) -> None:
         )
 
 
+def _check_resume_from(trainer: TrainerConfig) -> None:
+    from trainers.loop import CHECKPOINT_FILE
+
+    state_file = Path(trainer.resume_from) / CHECKPOINT_FILE
+    require(state_file.is_file(),
+            f"trainer.resume_from: no raylars checkpoint at {trainer.resume_from} "
+            f"(expected {state_file})")
+    import torch
+
+    # mmap: read the epoch counter without loading every tensor of a large model.
+    saved = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
+    require(saved["epoch"] < trainer.epochs,
+            f"trainer.resume_from is at epoch {saved['epoch']}: trainer.epochs "
+            f"({trainer.epochs}) leaves nothing to train")
+
+
 def _warn_ignored(config: Config) -> None:
     defaults = CommsConfig()
-    if config.data.path is not None:
+    if config.data.path is not None and not config.data.reads_path:
         warnings.warn(f"data.path is ignored by data={config.data.name}", stacklevel=3)
     if config.comms.name == "ddp":
-        if config.comms.segments != defaults.segments or config.comms.ranks_per_node is not None:
+        if (config.comms.segments != defaults.segments or config.comms.ranks_per_node is not None
+                or config.comms.variant != defaults.variant or config.comms.split != defaults.split):
             warnings.warn(
-                "comms.segments and comms.ranks_per_node are ignored by comms=ddp "
+                "comms.segments, comms.ranks_per_node, comms.variant and comms.split are "
+                "ignored by comms=ddp "
                 "(DDP overlaps per bucket and has no hierarchy)",
                 stacklevel=3,
             )
@@ -138,7 +169,7 @@ def _warn_ignored(config: Config) -> None:
         warnings.warn("cluster.num_cpus is ignored when ray.address is set", stacklevel=3)
 
 
-def compose(overrides: list[str] | None = None) -> Config:
+def compose(overrides: list[str] | None = None, *, for_tune: bool = False) -> Config:
     """Compose `conf/config.yaml` with Hydra overrides and validate it (for tests, Tune)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -146,7 +177,7 @@ def compose(overrides: list[str] | None = None) -> Config:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
-    return validate(cfg)
+    return validate(cfg, for_tune=for_tune)
 
 
 def to_plain_dict(config: Config) -> dict:

@@ -3,6 +3,7 @@ and the TorchTrainer, run it, and turn its result into the run summary."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -35,6 +36,9 @@ def start_ray(config: Config) -> bool:
     default_cpus = max(os.cpu_count() or 1, int(trainer.num_workers * trainer.cpus_per_worker)) + 2
     memory = cluster.object_store_memory_mb
     ray.init(
+        # "local": always a new embedded cluster. With no address Ray would join whatever
+        # cluster last ran on this machine (`ray start`, another job), against the contract.
+        address="local",
         num_cpus=cluster.num_cpus or default_cpus,
         include_dashboard=cluster.include_dashboard,
         object_store_memory=memory * 1024 * 1024 if memory else None,
@@ -44,7 +48,7 @@ def start_ray(config: Config) -> bool:
     return True
 
 
-def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path):
+def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callbacks=None):
     from ray.data import DataContext, ExecutionOptions
     from ray.train import (
         CheckpointConfig,
@@ -71,6 +75,7 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path):
             failure_config=FailureConfig(max_failures=trainer.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=trainer.num_checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks,
         ),
         torch_config=TorchConfig(backend=config.comms.backend) if config.comms.backend else None,
         datasets=datasets,
@@ -82,26 +87,34 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path):
     )
 
 
-def run_training(config: Config) -> dict:
-    """Train with `config` (already validated); write and return the summary."""
+@contextlib.contextmanager
+def ray_session(config: Config):
+    """Create the output directory (made absolute in the config), start or join Ray, and
+    shut down on exit what we started. Yields the output directory."""
     import ray
-
-    from ingest import build_datasets
 
     output_dir = Path(config.run.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     config.run.output_dir = str(output_dir)
     started = start_ray(config)
     try:
+        yield output_dir
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_training(config: Config) -> dict:
+    """Train with `config` (already validated); write and return the summary."""
+    from ingest import build_datasets
+
+    with ray_session(config) as output_dir:
         begin = time.perf_counter()
         datasets, info = build_datasets(config.data, seed=config.trainer.seed)
         trainer = build_trainer(config, datasets=datasets, info=info,
                                 run_dir=output_dir / config.run.name)
         result = trainer.fit()
         summary = make_summary(config, result=result, seconds=time.perf_counter() - begin)
-    finally:
-        if started:
-            ray.shutdown()
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -118,9 +131,44 @@ def make_summary(config: Config, *, result, seconds: float) -> dict:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "steps_per_epoch": metrics.get("steps_per_epoch"),
         "skipped_steps": metrics.get("skipped_steps", 0),
+        # Undecodable images the input pipeline dropped (distinct samples, train and val).
+        "skipped_samples": metrics.get("skipped_samples", 0),
+        "comms": metrics.get("comms"),
         "resumed_from_steps": metrics.get("resumed_from_steps", []),
         "wall_seconds": round(seconds, 2),
         "history": metrics.get("history", []),
         "summary_path": str(Path(config.run.output_dir) / SUMMARY_FILE),
         "config": to_plain_dict(config),
     }
+
+
+TUNE_SUMMARY_FILE = "tune_summary.json"
+
+
+def run_tune_sweep(config: Config) -> dict:
+    """Run the configured sweep; write tune_summary.json and tune.png; return the summary."""
+    from tune.plot import plot_sweep
+    from tune.sweep import run_sweep
+
+    with ray_session(config) as output_dir:
+        summary = run_sweep(config)
+        summary["leaked_cpus"] = _cpus_still_held()
+    summary["summary_path"] = str(output_dir / TUNE_SUMMARY_FILE)
+    summary["plot"] = str(output_dir / "tune.png")
+    summary["config"] = to_plain_dict(config)
+    (output_dir / TUNE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    plot_sweep(summary, path=output_dir / "tune.png")
+    return summary
+
+
+def _cpus_still_held(*, timeout_s: float = 30.0) -> float:
+    """CPUs not yet returned to the cluster after the sweep (trials release asynchronously)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = total - ray.available_resources().get("CPU", 0.0)
+        if held <= 1e-6 or time.monotonic() > deadline:
+            return held
+        time.sleep(1.0)

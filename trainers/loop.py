@@ -9,6 +9,7 @@ size see the same batches, and a resumed run continues exactly where it stopped.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -22,8 +23,8 @@ import ray.train.torch
 import torch
 
 from comms import build_grad_sync
-from ingest import DatasetInfo
-from ingest.batches import normalize, random_shift
+from ingest import DatasetInfo, announce_epoch, num_skipped
+from ingest.batches import normalize
 from launch.config import Config
 from trainers.models import build_model
 from trainers.optim import build_optimizer, set_lr
@@ -110,8 +111,10 @@ class Worker:
         per_worker = trainer.per_worker_batch_size
         shard_rows = self.info.num_train // self.world_size
         return shard.iter_torch_batches(
-            batch_size=per_worker, drop_last=True, prefetch_batches=2,
-            local_shuffle_buffer_size=max(per_worker, min(shard_rows, 65536)),
+            batch_size=per_worker, drop_last=True,
+            prefetch_batches=self.config.data.prefetch_batches,
+            local_shuffle_buffer_size=max(per_worker, min(shard_rows,
+                                                          self.config.data.local_shuffle_rows)),
             local_shuffle_seed=derived_seed(trainer.seed, epoch, self.rank),
             device=self.device, pin_memory=self.device.type == "cuda")
 
@@ -126,8 +129,10 @@ class Worker:
 
     def train_epoch(self, shard, *, epoch: int, run_dir: str) -> dict:
         self.train_model.train()
-        generator = torch.Generator().manual_seed(derived_seed(self.config.trainer.seed, epoch,
-                                                               self.rank, 1))
+        # The preprocessing (Ray Data tasks) derives this epoch's sample order and
+        # augmentation from it; see ingest/pipeline.py.
+        announce_epoch(self.info, epoch=epoch)
+        seen_ids = [] if self.config.data.record_sample_ids else None
         loss_sum = torch.zeros((), device=self.device)
         steps, seconds = 0, 0.0
         start = time.perf_counter()
@@ -138,19 +143,32 @@ class Worker:
                 continue
             self._maybe_inject_fault(run_dir)
             images = normalize(batch["image"], mean=self.mean, std=self.std)
-            images = random_shift(images, max_shift_px=self.config.data.max_shift_px,
-                                  generator=generator) if self.config.data.max_shift_px else images
             loss_sum += self._step(images, batch["label"])
+            if seen_ids is not None:
+                seen_ids.append(batch["id"].cpu())
             steps += 1
             if steps == self.steps_per_epoch:
                 seconds = time.perf_counter() - start
-        assert steps == self.steps_per_epoch, (steps, self.steps_per_epoch)
+        # Undecodable samples dropped by the pipeline can leave fewer rows than planned; the
+        # equal split still gives every worker the same number of steps.
+        assert steps == self.steps_per_epoch or num_skipped(self.info), (steps, self.steps_per_epoch)
+        seconds = seconds or time.perf_counter() - start
+        if seen_ids is not None:
+            self._record_ids(seen_ids, epoch=epoch, run_dir=run_dir)
         return {"loss_sum": loss_sum, "steps": steps, "seconds": seconds}
+
+    def _record_ids(self, seen_ids: list, *, epoch: int, run_dir: str) -> None:
+        directory = Path(run_dir) / "sample_ids"
+        directory.mkdir(parents=True, exist_ok=True)
+        ids = torch.cat(seen_ids).numpy() if seen_ids else np.empty(0, np.int64)
+        np.save(directory / f"epoch{epoch:04d}_rank{self.rank}.npy", ids)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         lr = self.schedule(self.state.global_step)
         set_lr(self.optimizer, lr)
-        self.optimizer.zero_grad(set_to_none=True)
+        # Zero in place rather than set to None: the gradient sync keeps each .grad as a
+        # view into its persistent flat buffer (no allocation or copy per step).
+        self.optimizer.zero_grad(set_to_none=False)
         with self.precision.autocast():
             loss = self.loss_fn(self.train_model(images), labels)
         self.precision.backward(loss)
@@ -165,7 +183,8 @@ class Worker:
         self.model.eval()
         correct = total = 0.0
         batches = val_iterator.iter_torch_batches(
-            batch_size=self.config.trainer.eval_batch_size, device=self.device, prefetch_batches=2)
+            batch_size=self.config.trainer.eval_batch_size, device=self.device,
+            prefetch_batches=self.config.data.prefetch_batches)
         for index, batch in enumerate(batches):
             if index % self.world_size != self.rank:
                 continue
@@ -211,13 +230,37 @@ def train_loop_per_worker(loop_config: dict) -> None:
     worker = Worker(config, loop_config["info"])
     shard = ray.train.get_dataset_shard("train")
     val_iterator = ray.train.get_dataset_shard("val")
+    if worker.state.epoch >= config.trainer.epochs:
+        # Train V2 restored a run that had already finished (same output dir and name):
+        # report its final metrics again so the summary describes it.
+        ray.train.report(_metrics(worker))
+        return
     for epoch in range(worker.state.epoch, config.trainer.epochs):
         stats = worker.train_epoch(shard, epoch=epoch, run_dir=loop_config["run_dir"])
         correct, total = worker.evaluate(val_iterator)
         totals = worker.sync.all_reduce_sum(torch.tensor(
             [stats["loss_sum"].item(), stats["steps"], correct, total], dtype=torch.float64,
             device=worker.device)).tolist()
+        _check_finite(totals[0] / totals[1], epoch=epoch, step=worker.state.global_step)
         _finish_epoch(worker, epoch=epoch, stats=stats, totals=totals)
+
+
+def _check_finite(train_loss: float, *, epoch: int, step: int) -> None:
+    # Every rank sees the same all-reduced loss, so all stop together (no rank left
+    # waiting in a collective). A diverged run stops here instead of burning its budget;
+    # in a sweep the trial is recorded as failed and the others go on.
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"train loss is {train_loss} in epoch {epoch + 1} (by global step {step}): "
+            "training diverged; lower optim.lr or lengthen optim.warmup_epochs")
+
+
+def _metrics(worker: Worker) -> dict:
+    state = worker.state
+    return {**state.history[-1], "history": state.history,
+            "steps_per_epoch": worker.steps_per_epoch,
+            "images_per_sec_mean": state.train_images / state.train_seconds,
+            "resumed_from_steps": state.resumed_from_steps, "comms": worker.sync.describe()}
 
 
 def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> None:
@@ -233,11 +276,10 @@ def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> N
         "images_per_sec": images / stats["seconds"], "lr": worker.schedule(state.global_step - 1),
         "loss_scale": worker.precision.loss_scale,
         "skipped_steps": worker.precision.skipped_steps, "world_size": worker.world_size,
+        "skipped_samples": num_skipped(worker.info),
     }
     state.history.append(record)
-    metrics = {**record, "history": state.history, "steps_per_epoch": worker.steps_per_epoch,
-               "images_per_sec_mean": state.train_images / state.train_seconds,
-               "resumed_from_steps": state.resumed_from_steps, "num_val": total}
+    metrics = _metrics(worker)
     if worker.rank == 0:
         print(f"[raylars] epoch {state.epoch}/{config.trainer.epochs} step {state.global_step} "
               f"loss {record['train_loss']:.4f} val_top1 {record['val_top1']:.4f} "

@@ -1,22 +1,59 @@
-"""One real local Ray cluster for the whole integration session (starting one costs ~10 s)."""
+"""One real Ray cluster for the whole integration session (starting one costs ~10 s).
 
-import pytest
+It is a `ray.cluster_utils.Cluster`: a head node with no CPUs (the driver and Train's
+controller need none) and two worker nodes on distinct loopback IPs, so Ray sees two
+nodes, as tests of node-aware comms and elastic scaling need. Each worker node has 3
+logical CPUs: two for training workers and one for Ray Data tasks beside them.
+"""
 
-from launch.config import compose
-from launch.job import start_ray
+import os
+import socket
+
+# Ray rewrites a 127.0.0.1 cluster address to this machine's outward IP before
+# connecting, where the loopback-bound head does not listen; this switch (named for
+# macOS/Windows) keeps every address on loopback. Ray reads it when first imported, so it
+# is set here, before anything imports ray; subprocess drivers inherit it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
+import pytest  # noqa: E402
+
+from launch.config import compose  # noqa: E402
+from launch.job import start_ray  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
+WORKER_NODE_IPS = ("127.0.0.2", "127.0.0.3")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def local_cluster():
     import ray
+    from ray.cluster_utils import Cluster
 
-    # 2 workers x 1 CPU plus slots for Ray Data tasks, as the launcher sizes it.
-    started = start_ray(compose(["cluster.num_cpus=4"]))
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
+    # The dashboard serves the state API that Train V2's placement-group cleaner polls;
+    # without it, groups of stopped Tune trials leak.
+    # Its port is picked free: another Ray on this machine may hold the default 8265.
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                      "include_dashboard": True, "dashboard_port": _free_port()})
+    nodes = [cluster.add_node(num_cpus=3, node_ip_address=ip) for ip in WORKER_NODE_IPS]
+    cluster.wait_for_nodes()
+    start_ray(compose([f"ray.address={cluster.address}"]))
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(local_cluster):
+    """The address other drivers (e.g. `launch/run.py ray.address=...`) join."""
+    return local_cluster[0].address
 
 
 @pytest.fixture(scope="session")

@@ -113,3 +113,14 @@ def test_cli_config_error_fails_before_ray_starts(tmp_path):
 def test_cli_bad_key_or_type_names_it(args, key):
     done = run_cli(args, timeout=120)
     assert done.returncode != 0 and key in done.stderr
+
+
+def test_relaunch_into_a_finished_run_reports_it_without_training(digits_runs):
+    first = digits_runs["first"]
+    output_dir = Path(first["summary_path"]).parent
+    # Train V2 restores a run with the same storage path and name from its last checkpoint;
+    # its result then carries that checkpoint's metrics, so the summary matches the run.
+    again = run_training(compose(digits_runs["overrides"] + [f"run.output_dir={output_dir}"]))
+    assert again["global_steps"] == first["global_steps"]
+    assert again["epochs_completed"] == first["epochs_completed"]
+    assert losses(again) == losses(first) and again["val_top1"] == first["val_top1"]

@@ -69,10 +69,29 @@ def test_unknown_key_or_wrong_type_names_the_key(override, key):
 
 
 def test_unknown_group_option_is_rejected():
-    with pytest.raises(Exception, match="fused"):
-        compose(["comms=fused"])
+    with pytest.raises(Exception, match="carrier_pigeon"):
+        compose(["comms=carrier_pigeon"])
 
 
 def test_ignored_setting_warns():
     with pytest.warns(UserWarning, match="data.path"):
         compose(["data.path=/tmp/x"])
+
+
+def test_resume_from_must_be_a_checkpoint_with_epochs_left(tmp_path):
+    import torch
+
+    with pytest.raises(ValueError, match=r"trainer\.resume_from: no raylars checkpoint"):
+        compose([f"trainer.resume_from={tmp_path}"])
+    torch.save({"epoch": 15, "global_step": 330}, tmp_path / "state.pt")
+    with pytest.raises(ValueError, match=r"trainer\.resume_from is at epoch 15"):
+        compose([f"trainer.resume_from={tmp_path}"])
+    assert compose([f"trainer.resume_from={tmp_path}", "trainer.epochs=16"]).trainer.epochs == 16
+
+
+def test_tune_settings_are_checked_only_for_sweeps():
+    assert compose(["trainer.epochs=2", "optim.warmup_epochs=1"]).trainer.epochs == 2  # tune.* ignored
+    with pytest.raises(ValueError, match=r"tune\.warmup_epochs"):
+        compose(["trainer.epochs=2", "optim.warmup_epochs=1"], for_tune=True)  # warmups up to 2
+    with pytest.raises(ValueError, match=r"tune\.lr_max"):
+        compose(["tune.lr_max=0.1"])  # the tune section itself is always schema-checked

@@ -1,0 +1,199 @@
+"""Measure the input pipeline (ingest/) on this machine.
+
+1. Preprocessing throughput: images/s of the Ray Data pipeline (read + decode +
+   random-resized-crop + flip in map_batches tasks) vs a torch DataLoader doing the same
+   per-sample work (the same TransformSpec) with the same number of CPU processes.
+2. Feeding a model: median train-step time of a compute-bound model fed by the pipeline
+   (iter_torch_batches with prefetch) vs the same batches already in memory.
+
+    python benchmarks/ingest.py --cpus 2 --epochs 3 [--json out.json]
+
+Epochs alternate between the two sides, so load from other users hits both alike; the
+first epoch of each side (worker start-up) is reported apart and left out of the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # replace the script's folder: Ray ships it to workers
+
+from ingest.imagefolder import FolderSource, list_dataset  # noqa: E402
+from ingest.pipeline import PipelineState, Sample, TransformSpec, build_split  # noqa: E402
+from launch.prepare_data import prepare  # noqa: E402
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """The DataLoader side: the same files and TransformSpec, one sample per __getitem__."""
+
+    def __init__(self, listing, *, spec: TransformSpec, seed: int):
+        self.paths, self.labels = listing.paths, listing.labels
+        self.spec, self.seed, self.epoch = spec, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        sample = Sample(index, int(self.labels[index]), Path(str(self.paths[index])),
+                        origin=str(self.paths[index]))
+        return self.spec.apply(sample, seed=self.seed, epoch=self.epoch), sample.label
+
+
+def ray_epoch(dataset, state, *, epoch: int, batch_size: int) -> tuple[int, float]:
+    import ray
+
+    ray.get(state.set_epoch.remote(epoch))
+    start, count = time.perf_counter(), 0
+    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                      prefetch_batches=2):
+        count += len(batch["label"])
+    return count, time.perf_counter() - start
+
+
+def loader_epoch(loader, *, epoch: int) -> tuple[int, float]:
+    loader.dataset.epoch = epoch  # read by the workers: persistent_workers is off
+    loader.sampler.generator.manual_seed(epoch)
+    start, count = time.perf_counter(), 0
+    for images, _ in loader:
+        count += len(images)
+    return count, time.perf_counter() - start
+
+
+def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int) -> dict:
+    listing = list_dataset(root=root, num_classes=None)["train"]
+    spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
+                         min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
+    state = PipelineState.remote()
+    dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
+                          split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
+                          num_blocks=8, rows_per_block=256, chunk_rows=batch_size,
+                          preprocess_cpus=cpus)
+    torch_set = FolderDataset(listing, spec=spec, seed=0)
+    loader = torch.utils.data.DataLoader(
+        torch_set, batch_size=batch_size, num_workers=cpus,
+        sampler=torch.utils.data.RandomSampler(torch_set, generator=torch.Generator()))
+    rates = {"ray_data": [], "dataloader": []}
+    for epoch in range(epochs):
+        for name in ("ray_data", "dataloader"):
+            count, seconds = (ray_epoch(dataset, state, epoch=epoch, batch_size=batch_size)
+                              if name == "ray_data" else loader_epoch(loader, epoch=epoch))
+            rates[name].append(count / seconds)
+            print(f"[ingest] throughput epoch {epoch} {name}: {count / seconds:.0f} img/s",
+                  flush=True)
+    steady = {name: statistics.median(r[1:]) for name, r in rates.items()}
+    return {"images": len(listing.labels), "cpus": cpus, "image_size": size,
+            "img_per_s": rates, "steady_img_per_s": steady,
+            "ray_over_dataloader": steady["ray_data"] / steady["dataloader"]}
+
+
+def feeding(*, root: str, cpus: int, epochs: int, batch_size: int, size: int,
+            model_threads: int) -> dict:
+    import ray
+
+    from trainers.models import build_model
+
+    listing = list_dataset(root=root, num_classes=None)["train"]
+    spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
+                         min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
+    state = PipelineState.remote()
+    dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
+                          split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
+                          num_blocks=8, rows_per_block=256, chunk_rows=batch_size,
+                          preprocess_cpus=cpus)
+    torch.set_num_threads(model_threads)
+    torch.manual_seed(0)
+    model = build_model(name="small_resnet", num_classes=10, in_channels=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step(images_u8, labels):
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(images_u8.float().div_(255.0)), labels)
+        loss.backward()
+        optimizer.step()
+
+    def timed_epoch(batches) -> list[float]:
+        times, last = [], time.perf_counter()
+        for images, labels in batches:
+            step(images, labels)
+            now = time.perf_counter()
+            times.append(now - last)  # includes the wait for the batch
+            last = now
+        return times
+
+    def pipeline_batches(epoch):
+        ray.get(state.set_epoch.remote(epoch))
+        for batch in dataset.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                                prefetch_batches=2):
+            yield batch["image"], batch["label"]
+
+    ray.get(state.set_epoch.remote(0))
+    in_memory = [(b["image"], b["label"]) for b in dataset.iter_torch_batches(
+        batch_size=batch_size, drop_last=True)]
+    step_ms = {"pipeline": [], "in_memory": []}
+    for epoch in range(epochs):
+        fed = timed_epoch(pipeline_batches(epoch))
+        resident = timed_epoch(in_memory)
+        # Skip each epoch's first step: the pipeline's start (reported in first_step_ms).
+        step_ms["pipeline"].append(1000 * statistics.median(fed[1:]))
+        step_ms["in_memory"].append(1000 * statistics.median(resident[1:]))
+        print(f"[ingest] feeding epoch {epoch}: pipeline {step_ms['pipeline'][-1]:.1f} ms/step "
+              f"(first {1000 * fed[0]:.0f} ms), in memory {step_ms['in_memory'][-1]:.1f} ms/step",
+              flush=True)
+    steady = {name: statistics.median(v[1:] if len(v) > 1 else v) for name, v in step_ms.items()}
+    return {"model": "small_resnet", "image_size": size, "batch_size": batch_size,
+            "model_threads": model_threads, "pipeline_cpus": cpus, "step_ms": step_ms,
+            "steady_step_ms": steady, "pipeline_over_in_memory": steady["pipeline"] / steady["in_memory"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpus", type=int, default=2, help="preprocessing processes, both sides")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=2, help="augmented digits copies")
+    parser.add_argument("--source-size", type=int, default=128, help="side of the JPEG files")
+    parser.add_argument("--size", type=int, default=96, help="side fed to the model")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model-threads", type=int, default=1)
+    parser.add_argument("--data", default=None, help="an existing ImageFolder tree")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--skip-feeding", action="store_true")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = args.data or str(Path(scratch) / "digits")
+        if args.data is None:
+            prepare(output=root, fmt="imagefolder", copies=args.copies,
+                    image_size=args.source_size, encoding="jpeg")
+        # A private cluster with exactly the preprocessing CPUs (+1 for the feeding model).
+        ray.init(address="local", num_cpus=args.cpus + 1, include_dashboard=False,
+                 _node_ip_address="127.0.0.1")
+        from ray.data import DataContext
+
+        DataContext.get_current().execution_options.preserve_order = True
+        results = {"throughput": throughput(root=root, cpus=args.cpus, epochs=args.epochs,
+                                            batch_size=args.batch_size, size=args.size)}
+        if not args.skip_feeding:
+            results["feeding"] = feeding(root=root, cpus=args.cpus, epochs=args.epochs,
+                                         batch_size=args.batch_size, size=args.size,
+                                         model_threads=args.model_threads)
+        ray.shutdown()
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

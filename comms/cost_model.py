@@ -1,0 +1,225 @@
+"""The alpha-beta-gamma cost model of allreduce, its calibration, and plan selection.
+
+Time of one allreduce of M bytes over P ranks (the brief, after Thakur et al.):
+  ring:          2(P-1) alpha + (2(P-1) beta + (P-1) gamma) M / P
+  tree:          2 ceil(log2 P) alpha + ceil(log2 P) (2 beta + gamma) M   (binomial reduce + bcast)
+  hierarchical:  tree reduce inside the node, ring among the N leaders, tree bcast inside
+  hierarchical_2d: ring reduce-scatter inside the node, ring allreduce of M/G among the N
+                 ranks with the same local index (the node's NIC shared by G such rings),
+                 ring allgather inside the node
+alpha: seconds per message (latency), beta: seconds per byte (1/bandwidth), gamma: seconds
+per byte reduced. Calibration fits alpha and beta (gamma folded into beta) to measured times
+over sizes; selection simulates one step (backward producing gradients, segments launched
+when ready, transfers one after another) for each algorithm, fusion threshold and segment
+split, and keeps the fastest. Everything here is arithmetic: no processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from comms.fusion import MB, plan_buckets
+
+ALGORITHMS = ("ring", "tree", "hierarchical", "hierarchical_2d")
+
+
+@dataclass(frozen=True)
+class Link:
+    alpha_s: float  # per message
+    beta_s_per_byte: float  # 1 / bandwidth
+    gamma_s_per_byte: float = 0.0  # reduction arithmetic
+
+    @classmethod
+    def from_bandwidth(cls, *, latency_us: float, gbit_per_s: float, gamma_gb_per_s: float = 0.0):
+        gamma = 1.0 / (gamma_gb_per_s * 1e9) if gamma_gb_per_s else 0.0
+        return cls(alpha_s=latency_us * 1e-6, beta_s_per_byte=8.0 / (gbit_per_s * 1e9),
+                   gamma_s_per_byte=gamma)
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    num_nodes: int
+    ranks_per_node: int
+    intra: Link  # inside a node (NVLink, shared memory, loopback)
+    inter: Link  # between nodes, per node NIC
+
+    @property
+    def world_size(self) -> int:
+        return self.num_nodes * self.ranks_per_node
+
+
+def ring_s(*, nbytes: float, num_ranks: int, link: Link) -> float:
+    p = num_ranks
+    if p <= 1:
+        return 0.0
+    return 2 * (p - 1) * link.alpha_s + (2 * (p - 1) * link.beta_s_per_byte
+                                         + (p - 1) * link.gamma_s_per_byte) * nbytes / p
+
+
+def tree_s(*, nbytes: float, num_ranks: int, link: Link) -> float:
+    steps = math.ceil(math.log2(num_ranks)) if num_ranks > 1 else 0
+    return 2 * steps * link.alpha_s + steps * (2 * link.beta_s_per_byte
+                                               + link.gamma_s_per_byte) * nbytes
+
+
+def _tree_half_s(*, nbytes: float, num_ranks: int, link: Link, reduce: bool) -> float:
+    """One tree reduce (with arithmetic) or broadcast (without) inside a node."""
+    steps = math.ceil(math.log2(num_ranks)) if num_ranks > 1 else 0
+    per_byte = link.beta_s_per_byte + (link.gamma_s_per_byte if reduce else 0.0)
+    return steps * (link.alpha_s + per_byte * nbytes)
+
+
+def allreduce_s(algorithm: str, *, nbytes: float, cluster: ClusterShape) -> float:
+    """Predicted seconds for one allreduce of `nbytes` with `algorithm` on `cluster`."""
+    g, n = cluster.ranks_per_node, cluster.num_nodes
+    if algorithm == "ring":
+        # A node-ordered ring: every hop waits for the slowest link, and each NIC carries
+        # one flow each way.
+        slow = cluster.inter if n > 1 else cluster.intra
+        return ring_s(nbytes=nbytes, num_ranks=g * n, link=slow)
+    if algorithm == "tree":
+        return tree_s(nbytes=nbytes, num_ranks=g * n, link=cluster.inter if n > 1 else cluster.intra)
+    if algorithm == "hierarchical":
+        return (_tree_half_s(nbytes=nbytes, num_ranks=g, link=cluster.intra, reduce=True)
+                + ring_s(nbytes=nbytes, num_ranks=n, link=cluster.inter)
+                + _tree_half_s(nbytes=nbytes, num_ranks=g, link=cluster.intra, reduce=False))
+    if algorithm == "hierarchical_2d":
+        intra = cluster.intra
+        scatter = (g - 1) * intra.alpha_s + (g - 1) / g * nbytes * (
+            intra.beta_s_per_byte + intra.gamma_s_per_byte)
+        gather = (g - 1) * intra.alpha_s + (g - 1) / g * nbytes * intra.beta_s_per_byte
+        shared = Link(alpha_s=cluster.inter.alpha_s,
+                      beta_s_per_byte=cluster.inter.beta_s_per_byte * g,
+                      gamma_s_per_byte=cluster.inter.gamma_s_per_byte)
+        return scatter + ring_s(nbytes=nbytes / g, num_ranks=n, link=shared) + gather
+    raise ValueError(f"unknown allreduce algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
+
+
+# ---- calibration ----------------------------------------------------------------------
+def fit_line(*, sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple[float, float]:
+    """t = c0 + c1 * M, least squares in relative error (sizes span 1 KB .. 100 MB, so
+    plain least squares would fit only the largest); both coefficients kept >= 0."""
+    sizes, times = np.asarray(sizes_bytes, float), np.asarray(times_s, float)
+    weights = 1.0 / times
+    design = np.stack([np.ones_like(sizes), sizes], axis=1) * weights[:, None]
+    (c0, c1), *_ = np.linalg.lstsq(design, times * weights, rcond=None)
+    if c0 < 0:
+        c0, c1 = 0.0, float(np.sum(sizes * times * weights**2) / np.sum((sizes * weights) ** 2))
+    if c1 < 0:
+        c0, c1 = float(np.sum(times * weights**2) / np.sum(weights**2)), 0.0
+    return float(c0), float(c1)
+
+
+def calibrate_ring(*, sizes_bytes: Sequence[float], times_s: Sequence[float],
+                   num_ranks: int) -> Link:
+    """The Link whose ring formula fits measured flat-allreduce times on `num_ranks`."""
+    if num_ranks < 2:
+        raise ValueError("calibration needs at least 2 ranks")
+    c0, c1 = fit_line(sizes_bytes=sizes_bytes, times_s=times_s)
+    p = num_ranks
+    return Link(alpha_s=c0 / (2 * (p - 1)), beta_s_per_byte=c1 * p / (2 * (p - 1)))
+
+
+# ---- step simulation and plan selection -------------------------------------------------
+def bucket_ready_s(*, tensor_backward_s: Sequence[float], buckets) -> list[float]:
+    """When each bucket's last gradient exists, counted from the start of backward.
+    Backward produces gradients last-registered first, so tensor i is ready after the
+    backward time of every tensor registered at or after it."""
+    ready_of, elapsed = [0.0] * len(tensor_backward_s), 0.0
+    for index in reversed(range(len(tensor_backward_s))):
+        elapsed += tensor_backward_s[index]
+        ready_of[index] = elapsed
+    return [max(ready_of[t] for t in bucket.tensors) for bucket in buckets]
+
+
+def simulate(*, ready_s: Sequence[float], splits: Sequence[int], bucket_bytes: Sequence[int],
+             comm_s: Callable[[float], float]) -> float:
+    """End of the last transfer: a segment goes out when its last bucket is ready and the
+    previous segment's transfer is done (one transfer at a time); each bucket is one
+    allreduce, so a segment costs the sum over its buckets."""
+    bounds, end = [0, *splits, len(ready_s)], 0.0
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        start = max(end, ready_s[b - 1])
+        end = start + sum(comm_s(bucket_bytes[i]) for i in range(a, b))
+    return end
+
+
+def choose_split(*, ready_s: Sequence[float], bucket_bytes: Sequence[int],
+                 comm_s: Callable[[float], float], num_segments: int) -> tuple[list[int], float]:
+    """Split points (at most num_segments - 1) minimising the end of communication, by
+    dynamic programming over (segments used, buckets covered)."""
+    num_buckets = len(ready_s)
+    cost = [comm_s(nbytes) for nbytes in bucket_bytes]
+    prefix = np.concatenate([[0.0], np.cumsum(cost)])
+    # best[b] = (end, splits) covering buckets[:b] with the segments so far.
+    best = {0: (0.0, [])}
+    answer = (math.inf, [])
+    for _ in range(min(num_segments, num_buckets)):
+        nxt: dict[int, tuple[float, list[int]]] = {}
+        for a, (end, splits) in best.items():
+            for b in range(a + 1, num_buckets + 1):
+                finish = max(end, ready_s[b - 1]) + prefix[b] - prefix[a]
+                if b not in nxt or finish < nxt[b][0]:
+                    nxt[b] = (finish, splits + ([a] if a else []))
+        best = nxt
+        if num_buckets in best and best[num_buckets][0] < answer[0]:
+            answer = best[num_buckets]
+    return answer[1], answer[0]
+
+
+@dataclass(frozen=True)
+class PlanChoice:
+    algorithm: str
+    threshold_mb: float
+    splits: tuple[int, ...]
+    num_buckets: int
+    forward_s: float
+    backward_s: float
+    comm_end_s: float  # from the start of backward
+    step_s: float
+    comm_alone_s: float  # all buckets back to back, no overlap
+    efficiency: float  # compute-only step / predicted step
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def choose_plan(*, tensor_bytes: Sequence[int], tensor_backward_s: Sequence[float],
+                forward_s: float, cluster: ClusterShape, thresholds_mb: Sequence[float],
+                max_segments: int, algorithms: Sequence[str] = ALGORITHMS) -> list[PlanChoice]:
+    """Every (algorithm, threshold) with its best split, fastest step first."""
+    backward_s = float(sum(tensor_backward_s))
+    choices = []
+    for algorithm in algorithms:
+        if algorithm == "hierarchical_2d" and cluster.ranks_per_node == 1:
+            continue
+        comm = _memo(lambda nbytes, a=algorithm: allreduce_s(a, nbytes=nbytes, cluster=cluster))
+        for threshold_mb in thresholds_mb:
+            buckets = plan_buckets(numels=list(tensor_bytes), element_sizes=[1] * len(tensor_bytes),
+                                   dtypes=["x"] * len(tensor_bytes),
+                                   threshold_bytes=int(threshold_mb * MB))
+            sizes = [b.nbytes for b in buckets]
+            ready = bucket_ready_s(tensor_backward_s=tensor_backward_s, buckets=buckets)
+            splits, end = choose_split(ready_s=ready, bucket_bytes=sizes, comm_s=comm,
+                                       num_segments=max_segments)
+            step = forward_s + max(backward_s, end)
+            choices.append(PlanChoice(
+                algorithm=algorithm, threshold_mb=threshold_mb, splits=tuple(splits),
+                num_buckets=len(buckets), forward_s=forward_s, backward_s=backward_s,
+                comm_end_s=end, step_s=step, comm_alone_s=sum(comm(s) for s in sizes),
+                efficiency=(forward_s + backward_s) / step))
+    return sorted(choices, key=lambda c: c.step_s)
+
+
+def _memo(fn: Callable[[float], float]) -> Callable[[float], float]:
+    cache: dict[float, float] = {}
+
+    def cached(nbytes: float) -> float:
+        if nbytes not in cache:
+            cache[nbytes] = fn(nbytes)
+        return cache[nbytes]
+    return cached

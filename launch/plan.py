@@ -1,0 +1,126 @@
+"""Plan gradient communication for a cluster and predict its scaling efficiency.
+
+Usage:
+    python launch/plan.py --gpus 1024 --gpus-per-node 8 --model resnet50 \
+        [--intra-gbps 1200 --intra-latency-us 2 --inter-gbps 100 --inter-latency-us 10] \
+        [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--json PATH]
+
+The model's per-tensor backward times are measured here on the CPU (hooks; the shape of
+the distribution) and scaled so forward + backward take batch_per_gpu / img_per_sec, the
+target GPU's compute time per step. Every algorithm (ring, tree, hierarchical,
+hierarchical_2d) and fusion threshold is simulated with its best segment split
+(comms/cost_model.py); the table lists the best plan per algorithm, then the chosen plan
+and the predicted scaling efficiency (compute-only step / predicted step). Prints the JSON
+path last when --json is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # replace the script's folder: Ray ships it to workers
+
+import torch  # noqa: E402
+
+from comms.cost_model import ALGORITHMS, ClusterShape, Link, choose_plan  # noqa: E402
+from comms.profile import profile_backward  # noqa: E402
+from trainers.models import MODEL_NAMES, build_model  # noqa: E402
+
+THRESHOLDS_MB = (0.5, 1, 2, 4, 8, 16, 25, 32, 64, 128, 256)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpus", type=int, required=True, help="total ranks (GPUs)")
+    ap.add_argument("--gpus-per-node", type=int, default=8)
+    ap.add_argument("--model", choices=MODEL_NAMES, default="resnet50")
+    ap.add_argument("--num-classes", type=int, default=1000)
+    ap.add_argument("--intra-gbps", type=float, default=1200.0, help="in-node Gbit/s (NVLink)")
+    ap.add_argument("--intra-latency-us", type=float, default=2.0)
+    ap.add_argument("--inter-gbps", type=float, default=100.0, help="per-node NIC Gbit/s")
+    ap.add_argument("--inter-latency-us", type=float, default=10.0)
+    ap.add_argument("--img-per-sec", type=float, default=2470.0,
+                    help="one GPU's training throughput (default: A100 ResNet-50 AMP)")
+    ap.add_argument("--batch-per-gpu", type=int, default=64)
+    ap.add_argument("--grad-bytes", type=int, default=4, choices=(2, 4),
+                    help="bytes per gradient element on the wire (2: fp16 compression)")
+    ap.add_argument("--segments", type=int, default=2, help="max segments (comms.segments)")
+    ap.add_argument("--profile-image-size", type=int, default=112,
+                    help="image side for the CPU backward profile")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.gpus < 1 or args.gpus_per_node < 1 or args.gpus % args.gpus_per_node:
+        ap.error("--gpus must be a positive multiple of --gpus-per-node")
+    return args
+
+
+def model_profile(*, name: str, num_classes: int, image_size: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(name=name, num_classes=num_classes)
+    images = torch.randn(2, 3, image_size, image_size)
+    labels = torch.randint(0, num_classes, (2,))
+    return profile_backward(model, images=images, labels=labels, repeats=3)
+
+
+def plan(args: argparse.Namespace) -> dict:
+    profile = model_profile(name=args.model, num_classes=args.num_classes,
+                            image_size=args.profile_image_size)
+    compute_s = args.batch_per_gpu / args.img_per_sec
+    measured = profile["forward_s"] + profile["backward_s"]
+    forward_s = compute_s * profile["forward_s"] / measured
+    scale = (compute_s - forward_s) / sum(profile["tensor_backward_s"])
+    tensor_backward_s = [t * scale for t in profile["tensor_backward_s"]]
+    tensor_bytes = [b // 4 * args.grad_bytes for b in profile["tensor_bytes"]]
+    cluster = ClusterShape(
+        num_nodes=args.gpus // args.gpus_per_node, ranks_per_node=args.gpus_per_node,
+        intra=Link.from_bandwidth(latency_us=args.intra_latency_us, gbit_per_s=args.intra_gbps),
+        inter=Link.from_bandwidth(latency_us=args.inter_latency_us, gbit_per_s=args.inter_gbps))
+    choices = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
+                          forward_s=forward_s, cluster=cluster, thresholds_mb=THRESHOLDS_MB,
+                          max_segments=args.segments)
+    per_tensor = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
+                             forward_s=forward_s, cluster=cluster, thresholds_mb=[1e-6],
+                             max_segments=len(tensor_bytes), algorithms=["ring"])[0]
+    best_per_algorithm = {a: next(c for c in choices if c.algorithm == a).describe()
+                          for a in ALGORITHMS if any(c.algorithm == a for c in choices)}
+    return {"gpus": args.gpus, "gpus_per_node": args.gpus_per_node, "model": args.model,
+            "gradient_mb": sum(tensor_bytes) / 2**20, "num_tensors": len(tensor_bytes),
+            "compute_ms": compute_s * 1e3, "cluster": vars(args) | {"json": None},
+            "chosen": choices[0].describe(), "best_per_algorithm": best_per_algorithm,
+            "per_tensor_ring": per_tensor.describe()}
+
+
+def print_plan(result: dict) -> None:
+    print(f"{result['model']} on {result['gpus']} GPUs ({result['gpus_per_node']} per node): "
+          f"{result['num_tensors']} gradient tensors, {result['gradient_mb']:.1f} MB, "
+          f"compute {result['compute_ms']:.1f} ms/step")
+    print(f"{'algorithm':<16} {'threshold MB':>12} {'buckets':>7} {'segments':>8} "
+          f"{'comm alone ms':>13} {'step ms':>8} {'efficiency':>10}")
+    rows = [*result["best_per_algorithm"].values(), result["per_tensor_ring"]]
+    for row in rows:
+        name = row["algorithm"] if row is not result["per_tensor_ring"] else "ring/per-tensor"
+        print(f"{name:<16} {row['threshold_mb']:>12g} {row['num_buckets']:>7} "
+              f"{len(row['splits']) + 1:>8} {row['comm_alone_s'] * 1e3:>13.2f} "
+              f"{row['step_s'] * 1e3:>8.2f} {row['efficiency']:>10.1%}")
+    chosen = result["chosen"]
+    print(f"chosen: {chosen['algorithm']}, comms.fusion_threshold_mb={chosen['threshold_mb']:g}, "
+          f"segments split at buckets {list(chosen['splits'])}; predicted scaling efficiency "
+          f"{chosen['efficiency']:.1%} (step {chosen['step_s'] * 1e3:.2f} ms vs compute "
+          f"{result['compute_ms']:.2f} ms)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = plan(args)
+    print_plan(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+        print(args.json)
+
+
+if __name__ == "__main__":
+    main()

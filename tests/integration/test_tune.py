@@ -1,0 +1,50 @@
+"""A tiny coarse-to-fine sweep on the real local cluster: both stages, stage 2 centred on
+stage 1's best, a diverging (nan) trial recorded without stopping the sweep, resources
+released, and a rerun restoring the finished stages."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from launch.config import compose
+from launch.job import run_tune_sweep
+
+SWEEP = [
+    "trainer.epochs=2", "optim.warmup_epochs=0",
+    # Coarse: one LR per two decades over 10..1e5; LARS at lr=1e5 diverges to nan.
+    "tune.lr_min=10", "tune.lr_max=100000", "tune.coarse_points_per_decade=0.5",
+    "tune.warmup_epochs=[0]", "tune.fine_points=3",
+]
+
+
+def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path, capsys):
+    summary = run_tune_sweep(compose(SWEEP + [f"run.output_dir={tmp_path}"], for_tune=True))
+    coarse, fine = summary["stages"]
+    assert (coarse["name"], fine["name"]) == ("coarse", "fine")
+    assert [t["lr"] for t in coarse["trials"]] == [10.0, 1000.0, 100000.0]
+    diverged = next(t for t in coarse["trials"] if t["lr"] == 100000.0)
+    assert diverged["error"] is not None and "nan" in diverged["error"].lower()
+    assert diverged["val_top1"] is None
+    # Stage 2 is the fine grid centred on stage 1's best LR.
+    fine_lrs = sorted(t["lr"] for t in fine["trials"])
+    assert len(fine_lrs) == 3 and fine["num_failed"] == 0
+    assert math.sqrt(fine_lrs[0] * fine_lrs[-1]) == pytest.approx(coarse["best"]["lr"], rel=1e-5)
+    assert fine_lrs[1] == coarse["best"]["lr"]
+    assert summary["total_trial_epochs"] == coarse["trial_epochs"] + fine["trial_epochs"]
+    assert summary["best"]["val_top1"] == max(coarse["best"]["val_top1"], fine["best"]["val_top1"])
+    assert summary["leaked_cpus"] == 0
+    on_disk = json.loads((tmp_path / "tune_summary.json").read_text())
+    assert {"best", "stages", "total_trial_epochs"} <= on_disk.keys()
+    assert {"lr", "warmup_epochs", "val_top1"} <= on_disk["best"].keys()
+    assert (tmp_path / "tune.png").stat().st_size > 10_000
+    lines = [line for line in capsys.readouterr().out.splitlines() if "[raylars tune]" in line]
+    assert len(lines) == 6 and sum("FAILED" in line for line in lines) == 1
+
+    # A rerun into the same directory restores both finished stages instead of training.
+    again = run_tune_sweep(compose(SWEEP + [f"run.output_dir={tmp_path}"], for_tune=True))
+    assert again["best"] == summary["best"]
+    assert again["total_trial_epochs"] == summary["total_trial_epochs"]
+    assert Path(again["summary_path"]).exists()
+

@@ -1,0 +1,48 @@
+"""Config schema of the LR/warmup sweep (`tune=coarse_to_fine|exhaustive`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainers.config import require
+
+TUNE_NAMES = ("coarse_to_fine", "exhaustive")
+
+
+@dataclass
+class TuneConfig:
+    name: str = "coarse_to_fine"
+    # LR search range (inclusive), searched on a log scale.
+    lr_min: float = 0.3
+    lr_max: float = 30.0
+    # Stage 1: this many LRs per decade (2: half-decades), crossed with every warmup.
+    coarse_points_per_decade: float = 2.0
+    warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0])
+    # Stage 2 (and the exhaustive grid): consecutive LRs a factor fine_factor apart.
+    fine_factor: float = 1.4142135623730951  # 2 ** 0.5
+    fine_points: int = 5
+    # ASHA early stopping in stage 1, on val_top1.
+    asha_grace_epochs: int = 1
+    asha_reduction_factor: float = 3.0
+    # Trials at once (null: as many as the cluster's CPUs hold, each trial's workers
+    # plus one CPU for its Ray Data tasks).
+    max_concurrent_trials: int | None = None
+
+    def validate(self) -> None:
+        require(self.name in TUNE_NAMES,
+                f"tune.name: unknown sweep {self.name!r}; known: {', '.join(TUNE_NAMES)}")
+        require(self.lr_min > 0, f"tune.lr_min must be > 0, got {self.lr_min}")
+        require(self.lr_max >= self.lr_min,
+                f"tune.lr_max ({self.lr_max}) must be >= tune.lr_min ({self.lr_min})")
+        require(self.coarse_points_per_decade > 0,
+                f"tune.coarse_points_per_decade must be > 0, got {self.coarse_points_per_decade}")
+        require(len(self.warmup_epochs) >= 1 and min(self.warmup_epochs) >= 0,
+                f"tune.warmup_epochs must be a non-empty list of values >= 0, got {self.warmup_epochs}")
+        require(self.fine_factor > 1, f"tune.fine_factor must be > 1, got {self.fine_factor}")
+        require(self.fine_points >= 1, f"tune.fine_points must be >= 1, got {self.fine_points}")
+        require(self.asha_grace_epochs >= 1,
+                f"tune.asha_grace_epochs must be >= 1, got {self.asha_grace_epochs}")
+        require(self.asha_reduction_factor > 1,
+                f"tune.asha_reduction_factor must be > 1, got {self.asha_reduction_factor}")
+        require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
+                f"tune.max_concurrent_trials must be >= 1 or null, got {self.max_concurrent_trials}")

@@ -1,0 +1,155 @@
+"""Runs a sweep as Ray Tune stages. Every trial is one distributed training run: the
+same TorchTrainer as `launch/run.py`, started from a Tune trial function, with Train's
+metrics forwarded to Tune by TuneReportCallback (the Train V2 + Tune pattern).
+
+Stages run one after another, each a Tuner stored under `<output_dir>/<stage>`, so a
+rerun with the same output directory restores finished stages instead of repeating them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.tune import Callback
+
+from launch.config import Config
+
+METRIC = "val_top1"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    name: str
+    trials: list  # [{"lr": float, "warmup_epochs": float}, ...]
+    early_stopping: bool
+
+
+def trial_fn(params: dict, *, base: Config) -> None:
+    """One Tune trial: train `base` with the trial's LR and warmup on Ray Train."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ingest import build_datasets
+    from launch.job import build_trainer
+
+    config = copy.deepcopy(base)
+    config.optim.lr = float(params["trial"]["lr"])
+    config.optim.warmup_epochs = float(params["trial"]["warmup_epochs"])
+    config.run.name = "train"
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    datasets, info = build_datasets(config.data, seed=config.trainer.seed)
+    trainer = build_trainer(config, datasets=datasets, info=info, run_dir=trial_dir / "train",
+                            callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def concurrent_trials(config: Config) -> int:
+    """Trials that fit at once: each holds its workers' CPUs plus one for Ray Data."""
+    import ray
+
+    if config.tune.max_concurrent_trials:
+        return config.tune.max_concurrent_trials
+    per_trial = config.trainer.num_workers * config.trainer.cpus_per_worker + 1
+    return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial))
+
+
+def run_stage(plan: StagePlan, *, config: Config, storage: Path) -> list[dict]:
+    """Run (or restore) one stage; return one record per trial."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    # The trial function only drives a TorchTrainer whose workers hold the real CPUs. Tune
+    # rejects an empty request, and a token CPU share (0.01) would leave 0.99 CPU on a node
+    # where Ray Data's 1-CPU tasks then never fit; so it asks for a little memory instead.
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=config),
+                                    {"CPU": 0, "memory": 64 * 1024**2})
+    path = storage / plan.name
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable)
+    else:
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=config.trainer.epochs,
+            grace_period=config.tune.asha_grace_epochs,
+            reduction_factor=config.tune.asha_reduction_factor,
+        ) if plan.early_stopping else None
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(plan.trials)},
+            tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
+                                        max_concurrent_trials=concurrent_trials(config)),
+            run_config=tune.RunConfig(
+                name=plan.name, storage_path=str(storage), verbose=0,
+                callbacks=[TrialProgress(stage=plan.name, epochs=config.trainer.epochs)],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
+        )
+    results = tuner.fit()
+    return [trial_record(result, epochs=config.trainer.epochs) for result in results]
+
+
+def trial_params(result) -> dict:
+    # A restored experiment's results may come back without their config; every trial
+    # directory keeps it in params.json.
+    if result.config:
+        return result.config["trial"]
+    return json.loads((Path(result.path) / "params.json").read_text())["trial"]
+
+
+def trial_record(result, *, epochs: int) -> dict:
+    params = trial_params(result)
+    metrics = result.metrics or {}
+    epochs_run = int(metrics.get("epoch", 0))
+    value = metrics.get(METRIC)
+    return {
+        "lr": params["lr"], "warmup_epochs": params["warmup_epochs"],
+        METRIC: value if value is not None and math.isfinite(value) else None,
+        "epochs_run": epochs_run, "stopped_early": result.error is None and epochs_run < epochs,
+        "error": _first_line(result.error) if result.error is not None else None,
+    }
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    # Train wraps the worker's exception; its last line names the cause.
+    return (text[-1] if text else type(error).__name__)[:300]
+
+
+class TrialProgress(Callback):
+    """One line per finished trial: stage, lr, warmup, val_top1, epochs, early stop."""
+
+    def __init__(self, *, stage: str, epochs: int):
+        self.stage, self.epochs = stage, epochs
+
+    def _line(self, trial, status: str) -> None:
+        params = trial.config["trial"]
+        result = trial.last_result or {}
+        value = result.get(METRIC)
+        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
+        print(f"[raylars tune] {self.stage}: lr={params['lr']:.4g} "
+              f"warmup={params['warmup_epochs']:g} {METRIC}={shown} "
+              f"epochs={result.get('epoch', 0)}/{self.epochs} {status}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        stopped = (trial.last_result or {}).get("epoch", 0) < self.epochs
+        self._line(trial, "stopped early (ASHA)" if stopped else "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAILED")
+
+
+def best_trial(records: list[dict]) -> dict:
+    finished = [r for r in records if r[METRIC] is not None]
+    if not finished:
+        raise RuntimeError("every trial of the stage failed: no best point to refine")
+    # Prefer trials that ran their full budget over early-stopped ones at equal accuracy.
+    return max(finished, key=lambda r: (r[METRIC], r["epochs_run"]))
+
+
+def storage_for(config: Config) -> Path:
+    path = Path(config.run.output_dir).resolve()
+    os.makedirs(path, exist_ok=True)
+    return path
