@@ -68,7 +68,9 @@ def loader_epoch(loader, *, epoch: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int) -> dict:
+def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int):
+    """The train split's Ray Data pipeline both measurements use: ImageFolder JPEGs decoded,
+    random-resized-cropped and flipped in map_batches. Returns (listing, spec, state, dataset)."""
     listing = list_dataset(root=root, num_classes=None)["train"]
     spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
                          min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
@@ -77,6 +79,12 @@ def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int)
                           split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
                           num_blocks=8, rows_per_block=256, chunk_rows=batch_size,
                           preprocess_cpus=cpus)
+    return listing, spec, state, dataset
+
+
+def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int) -> dict:
+    listing, spec, state, dataset = train_pipeline(root=root, cpus=cpus, batch_size=batch_size,
+                                                   size=size)
     torch_set = FolderDataset(listing, spec=spec, seed=0)
     loader = torch.utils.data.DataLoader(
         torch_set, batch_size=batch_size, num_workers=cpus,
@@ -101,14 +109,8 @@ def feeding(*, root: str, cpus: int, epochs: int, batch_size: int, size: int,
 
     from trainers.models import build_model
 
-    listing = list_dataset(root=root, num_classes=None)["train"]
-    spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
-                         min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
-    state = PipelineState.remote()
-    dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
-                          split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
-                          num_blocks=8, rows_per_block=256, chunk_rows=batch_size,
-                          preprocess_cpus=cpus)
+    listing, spec, state, dataset = train_pipeline(root=root, cpus=cpus, batch_size=batch_size,
+                                                   size=size)
     torch.set_num_threads(model_threads)
     torch.manual_seed(0)
     model = build_model(name="small_resnet", num_classes=10, in_channels=3)
