@@ -102,9 +102,15 @@ def _spec(config: DataConfig, *, train: bool, channels: int, crop_fraction: floa
 def _splits(config: DataConfig, *, sources: dict, num_rows: dict, channels: int,
             crop_fraction: float, seed: int):
     """The train and val Datasets over `sources`, and the PipelineState they share."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from ingest.pipeline import PipelineState, build_split
 
-    state = PipelineState.remote()
+    # On the driver's node, which outlives worker nodes that leave an elastic run (the
+    # restarted workers still find the epoch and skip counts there).
+    state = PipelineState.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)).remote()
     datasets = {
         split: build_split(
             source=sources[split],

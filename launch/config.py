@@ -26,6 +26,7 @@ from trainers.config import (
     TrainerConfig,
     require,
 )
+from trainers.elastic import steps_per_epoch
 from tune.config import TuneConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -93,6 +94,9 @@ def validate(cfg: DictConfig | Config, *, for_tune: bool = False) -> Config:
             f"tune.warmup_epochs ({list(config.tune.warmup_epochs)}) must all be < "
             f"trainer.epochs ({config.trainer.epochs})",
         )
+        require(not config.trainer.elastic,
+                "trainer.min_workers/trainer.max_workers: a tune sweep runs fixed-size "
+                "trials; set trainer.num_workers instead")
     _warn_ignored(config)
     return config
 
@@ -119,20 +123,23 @@ def _check_cross_fields(config: Config) -> None:
         f"optim.warmup_epochs ({optim.warmup_epochs}) must be < trainer.epochs ({trainer.epochs})",
     )
     num_train, _ = dataset_sizes(config.data, seed=trainer.seed)
-    per_worker_rows = num_train // trainer.num_workers
-    require(
-        per_worker_rows >= trainer.per_worker_batch_size,
-        f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
-        f"{num_train} training samples of data={config.data.name}: no full step per epoch",
-    )
+    for world_size in range(trainer.min_world_size, trainer.max_world_size + 1):
+        require(
+            steps_per_epoch(num_train=num_train, world_size=world_size,
+                            global_batch_size=trainer.global_batch_size, max_steps=None) >= 1,
+            f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
+            f"{num_train} training samples of data={config.data.name} split over "
+            f"{world_size} workers: no full step per epoch",
+        )
     if trainer.resume_from is not None:
         _check_resume_from(trainer)
 
     if config.cluster.num_cpus is not None:
         require(
-            config.cluster.num_cpus >= trainer.num_workers * trainer.cpus_per_worker,
-            f"cluster.num_cpus ({config.cluster.num_cpus}) cannot host trainer.num_workers x "
-            f"trainer.cpus_per_worker ({trainer.num_workers} x {trainer.cpus_per_worker})",
+            config.cluster.num_cpus >= trainer.min_world_size * trainer.cpus_per_worker,
+            f"cluster.num_cpus ({config.cluster.num_cpus}) cannot host "
+            f"{trainer.min_world_size} workers x trainer.cpus_per_worker "
+            f"({trainer.cpus_per_worker})",
         )
 
 
@@ -143,10 +150,10 @@ def _check_resume_from(trainer: TrainerConfig) -> None:
     require(state_file.is_file(),
             f"trainer.resume_from: no raylars checkpoint at {trainer.resume_from} "
             f"(expected {state_file})")
-    import torch
+    from trainers.checkpoint import load_state
 
     # mmap: read the epoch counter without loading every tensor of a large model.
-    saved = torch.load(state_file, map_location="cpu", weights_only=True, mmap=True)
+    saved = load_state(state_file, map_location="cpu", mmap=True)
     require(saved["epoch"] < trainer.epochs,
             f"trainer.resume_from is at epoch {saved['epoch']}: trainer.epochs "
             f"({trainer.epochs}) leaves nothing to train")
@@ -165,19 +172,31 @@ def _warn_ignored(config: Config) -> None:
                 "(DDP overlaps per bucket and has no hierarchy)",
                 stacklevel=3,
             )
+    trainer, trainer_defaults = config.trainer, TrainerConfig()
+    if trainer.min_workers is not None and trainer.num_workers != trainer_defaults.num_workers:
+        warnings.warn("trainer.num_workers is ignored when trainer.min_workers/max_workers "
+                      "are set", stacklevel=3)
+    if not trainer.elastic and trainer.resize_interval_s != trainer_defaults.resize_interval_s:
+        warnings.warn("trainer.resize_interval_s is ignored: the run is not elastic "
+                      "(set trainer.min_workers < trainer.max_workers)", stacklevel=3)
     if config.ray.address is not None and config.cluster.num_cpus is not None:
         warnings.warn("cluster.num_cpus is ignored when ray.address is set", stacklevel=3)
 
 
-def compose(overrides: list[str] | None = None, *, for_tune: bool = False) -> Config:
-    """Compose `conf/config.yaml` with Hydra overrides and validate it (for tests, Tune)."""
+def compose_unchecked(overrides: list[str] | None = None) -> DictConfig:
+    """Compose `conf/config.yaml` with Hydra overrides, type-checked by the schema only:
+    for tools that read a recipe meant for another machine (its data path absent here)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
-    return validate(cfg, for_tune=for_tune)
+        return hydra_compose(config_name="config", overrides=list(overrides or []))
+
+
+def compose(overrides: list[str] | None = None, *, for_tune: bool = False) -> Config:
+    """Compose `conf/config.yaml` with Hydra overrides and validate it (for tests, Tune)."""
+    return validate(compose_unchecked(overrides), for_tune=for_tune)
 
 
 def to_plain_dict(config: Config) -> dict:

@@ -33,7 +33,8 @@ def start_ray(config: Config) -> bool:
     cluster = config.cluster
     trainer = config.trainer
     # Logical CPUs beyond what the workers hold, so Ray Data tasks can still be scheduled.
-    default_cpus = max(os.cpu_count() or 1, int(trainer.num_workers * trainer.cpus_per_worker)) + 2
+    default_cpus = max(os.cpu_count() or 1,
+                       int(trainer.max_world_size * trainer.cpus_per_worker)) + 2
     memory = cluster.object_store_memory_mb
     ray.init(
         # "local": always a new embedded cluster. With no address Ray would join whatever
@@ -60,22 +61,27 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from launch.restarts import RestartLog
     from trainers.loop import train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False
     trainer = config.trainer
-    resources = {"CPU": trainer.cpus_per_worker}
+    resources = {"CPU": trainer.cpus_per_worker, **trainer.worker_resources}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config, "info": info, "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(num_workers=trainer.num_workers, use_gpu=trainer.use_gpu,
-                                     resources_per_worker=resources),
+        # An elastic range: Ray restarts the group from the last checkpoint at a new size
+        # when workers fail or nodes join; the loop keeps the global batch and schedule.
+        scaling_config=ScalingConfig(
+            num_workers=trainer.worker_range, use_gpu=trainer.use_gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=trainer.resize_interval_s),
         run_config=RunConfig(
             name=config.run.name, storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=trainer.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=trainer.num_checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),
-            callbacks=callbacks,
+            callbacks=[*(callbacks or []), RestartLog(run_dir=str(run_dir))],
         ),
         torch_config=TorchConfig(backend=config.comms.backend) if config.comms.backend else None,
         datasets=datasets,
@@ -114,14 +120,19 @@ def run_training(config: Config) -> dict:
         trainer = build_trainer(config, datasets=datasets, info=info,
                                 run_dir=output_dir / config.run.name)
         result = trainer.fit()
-        summary = make_summary(config, result=result, seconds=time.perf_counter() - begin)
+        summary = make_summary(config, result=result, seconds=time.perf_counter() - begin,
+                               run_dir=output_dir / config.run.name)
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def make_summary(config: Config, *, result, seconds: float) -> dict:
+def make_summary(config: Config, *, result, seconds: float, run_dir: Path) -> dict:
+    from launch.restarts import read_restarts
+
     metrics = result.metrics or {}
     return {
+        # restarts, world_size_history (one entry per started worker group), restart_events
+        **read_restarts(run_dir),
         "val_top1": metrics.get("val_top1"),
         "train_loss": metrics.get("train_loss"),
         "images_per_sec": metrics.get("images_per_sec_mean"),

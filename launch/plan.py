@@ -1,6 +1,7 @@
 """Plan gradient communication for a cluster and predict its scaling efficiency.
 
 Usage:
+    python launch/plan.py --experiment resnet50_imagenet_64k [link options]
     python launch/plan.py --gpus 1024 --gpus-per-node 8 --model resnet50 \
         [--intra-gbps 1200 --intra-latency-us 2 --inter-gbps 100 --inter-latency-us 10] \
         [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--json PATH]
@@ -34,9 +35,10 @@ THRESHOLDS_MB = (0.5, 1, 2, 4, 8, 16, 25, 32, 64, 128, 256)
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpus", type=int, required=True, help="total ranks (GPUs)")
+    ap.add_argument("--experiment", default=None, help="a recipe in conf/experiment/")
+    ap.add_argument("--gpus", type=int, default=None, help="total ranks (GPUs)")
     ap.add_argument("--gpus-per-node", type=int, default=8)
-    ap.add_argument("--model", choices=MODEL_NAMES, default="resnet50")
+    ap.add_argument("--model", choices=MODEL_NAMES, default=None, help="default resnet50")
     ap.add_argument("--num-classes", type=int, default=1000)
     ap.add_argument("--intra-gbps", type=float, default=1200.0, help="in-node Gbit/s (NVLink)")
     ap.add_argument("--intra-latency-us", type=float, default=2.0)
@@ -44,17 +46,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--inter-latency-us", type=float, default=10.0)
     ap.add_argument("--img-per-sec", type=float, default=2470.0,
                     help="one GPU's training throughput (default: A100 ResNet-50 AMP)")
-    ap.add_argument("--batch-per-gpu", type=int, default=64)
-    ap.add_argument("--grad-bytes", type=int, default=4, choices=(2, 4),
-                    help="bytes per gradient element on the wire (2: fp16 compression)")
-    ap.add_argument("--segments", type=int, default=2, help="max segments (comms.segments)")
+    ap.add_argument("--batch-per-gpu", type=int, default=None, help="default 64")
+    ap.add_argument("--grad-bytes", type=int, default=None, choices=(2, 4),
+                    help="bytes per gradient element on the wire (2: fp16 compression; default 4)")
+    ap.add_argument("--segments", type=int, default=None,
+                    help="max segments (comms.segments; default 2)")
     ap.add_argument("--profile-image-size", type=int, default=112,
                     help="image side for the CPU backward profile")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    recipe = recipe_settings(args.experiment) if args.experiment else {}
+    defaults = {"gpus": None, "model": "resnet50", "batch_per_gpu": 64, "grad_bytes": 4,
+                "segments": 2}
+    for key, default in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, recipe.get(key, default))
+    if args.gpus is None:
+        ap.error("give --gpus or --experiment")
     if args.gpus < 1 or args.gpus_per_node < 1 or args.gpus % args.gpus_per_node:
         ap.error("--gpus must be a positive multiple of --gpus-per-node")
     return args
+
+
+def recipe_settings(name: str) -> dict:
+    """What the plan needs from conf/experiment/NAME.yaml."""
+    from omegaconf import OmegaConf
+
+    from launch.config import CONF_DIR, compose_unchecked
+
+    if not (CONF_DIR / "experiment" / f"{name}.yaml").is_file():
+        raise ValueError(f"--experiment: no recipe conf/experiment/{name}.yaml")
+    cfg = OmegaConf.to_container(compose_unchecked([f"experiment={name}"]), resolve=True)
+    trainer, comms = cfg["trainer"], cfg["comms"]
+    gpus = trainer["max_workers"] or trainer["num_workers"]
+    return {"gpus": gpus, "model": cfg["model"]["name"],
+            "batch_per_gpu": trainer["global_batch_size"] // gpus,
+            "grad_bytes": 2 if comms["compress"] in ("fp16", "bf16") else 4,
+            "segments": comms["segments"]}
 
 
 def model_profile(*, name: str, num_classes: int, image_size: int) -> dict:

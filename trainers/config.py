@@ -7,10 +7,10 @@ config key, so a bad value fails before Ray starts. Cross-component checks live 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 OPTIM_NAMES = ("lars", "sgd")
-PRECISION_NAMES = ("fp32", "fp16", "bf16")
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "fp16_pure")
 
 
 def require(condition: bool, message: str) -> None:
@@ -22,10 +22,19 @@ def require(condition: bool, message: str) -> None:
 @dataclass
 class TrainerConfig:
     num_workers: int = 2
+    # Elastic: set both (min < max) and Ray Train sizes the group within them as nodes
+    # come and go, restarting from the last checkpoint; num_workers is then unused.
+    min_workers: int | None = None
+    max_workers: int | None = None
+    # How often a healthy elastic group checks whether more workers could run (seconds).
+    resize_interval_s: float = 60.0
     epochs: int = 15
     global_batch_size: int = 64
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    # Extra Ray resources each worker needs (e.g. a custom node resource that marks the
+    # nodes training may use), on top of cpus_per_worker and the GPU.
+    worker_resources: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     eval_batch_size: int = 256
     # Cap on optimizer steps per epoch (null: the whole epoch); for short smoke and
@@ -39,6 +48,9 @@ class TrainerConfig:
     resume_from: str | None = None
     # Fault injection for recovery tests: raise once, on rank 0, before this global step.
     fail_at_step: int | None = None
+    # Fault injection for the atomic-checkpoint test: once, rank 0 crashes (exits) halfway
+    # through writing this epoch's checkpoint into the run directory.
+    fail_in_checkpoint_epoch: int | None = None
     # torch intra-op threads per worker (null: cpus_per_worker, at least 1).
     torch_threads: int | None = None
 
@@ -49,10 +61,11 @@ class TrainerConfig:
             self.global_batch_size >= 1,
             f"trainer.global_batch_size must be >= 1, got {self.global_batch_size}",
         )
+        self._validate_elastic()
         require(
-            self.global_batch_size % self.num_workers == 0,
-            f"trainer.global_batch_size ({self.global_batch_size}) must be divisible by "
-            f"trainer.num_workers ({self.num_workers})",
+            self.global_batch_size >= self.max_world_size,
+            f"trainer.global_batch_size ({self.global_batch_size}) must give each of "
+            f"{self.max_world_size} workers at least one sample",
         )
         require(
             self.cpus_per_worker > 0,
@@ -80,13 +93,51 @@ class TrainerConfig:
             f"trainer.fail_at_step must be >= 0 or null, got {self.fail_at_step}",
         )
         require(
+            self.fail_in_checkpoint_epoch is None or self.fail_in_checkpoint_epoch >= 1,
+            "trainer.fail_in_checkpoint_epoch must be >= 1 or null, "
+            f"got {self.fail_in_checkpoint_epoch}",
+        )
+        for name, amount in self.worker_resources.items():
+            require(amount > 0, f"trainer.worker_resources.{name} must be > 0, got {amount}")
+            require(name not in ("CPU", "GPU"),
+                    f"trainer.worker_resources.{name}: set trainer.cpus_per_worker or "
+                    "trainer.use_gpu instead")
+        require(
             self.torch_threads is None or self.torch_threads >= 1,
             f"trainer.torch_threads must be >= 1 or null, got {self.torch_threads}",
         )
 
+    def _validate_elastic(self) -> None:
+        bounds = (self.min_workers, self.max_workers)
+        if bounds == (None, None):
+            return
+        require(None not in bounds,
+                "trainer.min_workers and trainer.max_workers must be set together "
+                f"(got {self.min_workers} and {self.max_workers})")
+        require(1 <= self.min_workers <= self.max_workers,
+                f"trainer.min_workers ({self.min_workers}) and trainer.max_workers "
+                f"({self.max_workers}) need 1 <= min_workers <= max_workers")
+        require(self.resize_interval_s >= 0,
+                f"trainer.resize_interval_s must be >= 0, got {self.resize_interval_s}")
+
     @property
-    def per_worker_batch_size(self) -> int:
-        return self.global_batch_size // self.num_workers
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers != self.max_workers
+
+    @property
+    def worker_range(self) -> int | tuple[int, int]:
+        """Ray's ScalingConfig.num_workers: a fixed count or (min, max) when elastic."""
+        if self.min_workers is None:
+            return self.num_workers
+        return (self.min_workers, self.max_workers) if self.elastic else self.min_workers
+
+    @property
+    def min_world_size(self) -> int:
+        return self.num_workers if self.min_workers is None else self.min_workers
+
+    @property
+    def max_world_size(self) -> int:
+        return self.num_workers if self.max_workers is None else self.max_workers
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 import time
 import warnings
@@ -26,20 +25,14 @@ from comms import build_grad_sync
 from ingest import DatasetInfo, announce_epoch, num_skipped
 from ingest.batches import normalize
 from launch.config import Config
+from trainers.checkpoint import crash_while_writing, load_state, write_state
+from trainers.elastic import loss_weight, nominal_steps_per_epoch, rank_batch_sizes, steps_per_epoch
 from trainers.models import build_model
 from trainers.optim import build_optimizer, set_lr
 from trainers.precision import Precision
 from trainers.schedule import WarmupPolySchedule
 
 CHECKPOINT_FILE = "state.pt"
-
-
-def steps_per_epoch(*, num_train: int, world_size: int, global_batch_size: int,
-                    max_steps: int | None) -> int:
-    """Full global batches per epoch: each worker's equal shard cut into per-worker batches;
-    the remainder that does not fill a global batch is dropped (it differs each epoch)."""
-    steps = (num_train // world_size) // (global_batch_size // world_size)
-    return min(steps, max_steps) if max_steps else steps
 
 
 def derived_seed(*parts: int) -> int:
@@ -65,19 +58,28 @@ class Worker:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         torch.manual_seed(config.trainer.seed)
-        self.model = build_model(name=config.model.name, num_classes=info.num_classes,
-                                 in_channels=info.in_channels).to(self.device)
-        self.optimizer = build_optimizer(config.optim, model=self.model)
         self.precision = Precision(config.precision, device_type=self.device.type)
+        self.model = self.precision.prepare(build_model(
+            name=config.model.name, num_classes=info.num_classes,
+            in_channels=info.in_channels).to(self.device))
+        self.optimizer = build_optimizer(config.optim, model=self.model)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+        # The global batch stays trainer.global_batch_size whatever the world size (a
+        # resized group included); see trainers/elastic.py for the rule when it does not divide.
+        batch = {"global_batch_size": config.trainer.global_batch_size,
+                 "world_size": self.world_size}
+        self.batch_size = rank_batch_sizes(**batch)[self.rank]
+        self.loss_weight = loss_weight(**batch, rank=self.rank)
         self.steps_per_epoch = steps_per_epoch(
-            num_train=info.num_train, world_size=self.world_size,
-            global_batch_size=config.trainer.global_batch_size,
-            max_steps=config.trainer.max_steps_per_epoch)
+            num_train=info.num_train, **batch, max_steps=config.trainer.max_steps_per_epoch)
+        # The schedule follows the global step on a world-independent epoch length.
         self.schedule = WarmupPolySchedule.from_epochs(
             base_lr=config.optim.lr, end_lr=config.optim.end_lr,
             warmup_epochs=config.optim.warmup_epochs, epochs=config.trainer.epochs,
-            steps_per_epoch=self.steps_per_epoch, power=config.optim.poly_power)
+            steps_per_epoch=nominal_steps_per_epoch(
+                num_train=info.num_train, global_batch_size=config.trainer.global_batch_size,
+                max_steps=config.trainer.max_steps_per_epoch),
+            power=config.optim.poly_power)
         self.state = TrainState()
         self._restore()
         # Wrap after restoring, so DDP broadcasts the restored weights from rank 0.
@@ -94,8 +96,7 @@ class Worker:
         if checkpoint is None:
             return
         with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=self.device,
-                               weights_only=True)
+            saved = load_state(Path(directory) / CHECKPOINT_FILE, map_location=self.device)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.precision.load_state_dict(saved["precision"])
@@ -103,12 +104,13 @@ class Worker:
         self.state.resumed_from_steps.append(self.state.global_step)
         if self.rank == 0:
             print(f"[raylars] resumed from {checkpoint.path} at epoch {self.state.epoch}, "
-                  f"global step {self.state.global_step}", flush=True)
+                  f"global step {self.state.global_step}, with {self.world_size} workers",
+                  flush=True)
 
     def _batches(self, shard, *, epoch: int):
         """Per-worker batches of the shard, shuffled locally with a (seed, epoch, rank) seed."""
         trainer = self.config.trainer
-        per_worker = trainer.per_worker_batch_size
+        per_worker = self.batch_size
         shard_rows = self.info.num_train // self.world_size
         return shard.iter_torch_batches(
             batch_size=per_worker, drop_last=True,
@@ -142,7 +144,8 @@ class Worker:
             if steps == self.steps_per_epoch:
                 continue
             self._maybe_inject_fault(run_dir)
-            images = normalize(batch["image"], mean=self.mean, std=self.std)
+            images = self.precision.cast_inputs(
+                normalize(batch["image"], mean=self.mean, std=self.std))
             loss_sum += self._step(images, batch["label"])
             if seen_ids is not None:
                 seen_ids.append(batch["id"].cpu())
@@ -170,7 +173,8 @@ class Worker:
         # view into its persistent flat buffer (no allocation or copy per step).
         self.optimizer.zero_grad(set_to_none=False)
         with self.precision.autocast():
-            loss = self.loss_fn(self.train_model(images), labels)
+            # The loss in fp32 whatever the logits' dtype (fp16_pure's are fp16).
+            loss = self.loss_fn(self.train_model(images).float(), labels) * self.loss_weight
         self.precision.backward(loss)
         self.sync.finish()
         self.precision.step(self.optimizer)
@@ -188,7 +192,8 @@ class Worker:
         for index, batch in enumerate(batches):
             if index % self.world_size != self.rank:
                 continue
-            images = normalize(batch["image"], mean=self.mean, std=self.std)
+            images = self.precision.cast_inputs(
+                normalize(batch["image"], mean=self.mean, std=self.std))
             with self.precision.autocast():
                 logits = self.model(images)
             correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
@@ -239,10 +244,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         stats = worker.train_epoch(shard, epoch=epoch, run_dir=loop_config["run_dir"])
         correct, total = worker.evaluate(val_iterator)
         totals = worker.sync.all_reduce_sum(torch.tensor(
-            [stats["loss_sum"].item(), stats["steps"], correct, total], dtype=torch.float64,
+            [stats["loss_sum"].item(), stats["steps"], correct, total, worker.batch_size],
+            dtype=torch.float64,
             device=worker.device)).tolist()
         _check_finite(totals[0] / totals[1], epoch=epoch, step=worker.state.global_step)
-        _finish_epoch(worker, epoch=epoch, stats=stats, totals=totals)
+        _finish_epoch(worker, epoch=epoch, stats=stats, totals=totals,
+                      run_dir=loop_config["run_dir"])
 
 
 def _check_finite(train_loss: float, *, epoch: int, step: int) -> None:
@@ -263,9 +270,11 @@ def _metrics(worker: Worker) -> dict:
             "resumed_from_steps": state.resumed_from_steps, "comms": worker.sync.describe()}
 
 
-def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> None:
+def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list,
+                  run_dir: str) -> None:
     config, state = worker.config, worker.state
-    loss_sum, step_count, correct, total = totals
+    # batch_total: the samples per optimizer step summed over the ranks, as trained.
+    loss_sum, step_count, correct, total, batch_total = totals
     images = stats["steps"] * config.trainer.global_batch_size
     state.epoch = epoch + 1
     state.train_images += images
@@ -276,6 +285,9 @@ def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> N
         "images_per_sec": images / stats["seconds"], "lr": worker.schedule(state.global_step - 1),
         "loss_scale": worker.precision.loss_scale,
         "skipped_steps": worker.precision.skipped_steps, "world_size": worker.world_size,
+        "global_batch_size": int(batch_total),
+        # Nodes of this group's comms topology (fused/hierarchical; rebuilt every start).
+        "comms_nodes": len(worker.sync.describe().get("topology", {}).get("nodes", [])) or None,
         "skipped_samples": num_skipped(worker.info),
     }
     state.history.append(record)
@@ -284,15 +296,24 @@ def _finish_epoch(worker: Worker, *, epoch: int, stats: dict, totals: list) -> N
         print(f"[raylars] epoch {state.epoch}/{config.trainer.epochs} step {state.global_step} "
               f"loss {record['train_loss']:.4f} val_top1 {record['val_top1']:.4f} "
               f"img/s {record['images_per_sec']:.0f} lr {record['lr']:.4g} "
-              f"loss_scale {record['loss_scale']:g} skipped {record['skipped_steps']}", flush=True)
+              f"loss_scale {record['loss_scale']:g} skipped {record['skipped_steps']} "
+              f"workers {worker.world_size}", flush=True)
     last = state.epoch == config.trainer.epochs
     if not (last or state.epoch % config.trainer.checkpoint_every_epochs == 0):
         ray.train.report(metrics)
         return
+    name = f"checkpoint_epoch_{state.epoch:04d}"
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if worker.rank == 0:
-            torch.save(worker.checkpoint_state(), os.path.join(directory, CHECKPOINT_FILE))
+            _maybe_crash_in_checkpoint(worker, run_dir=run_dir, name=name)
+            write_state(worker.checkpoint_state(), path=Path(directory) / CHECKPOINT_FILE)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
-        ray.train.report(metrics, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"checkpoint_epoch_{state.epoch:04d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def _maybe_crash_in_checkpoint(worker: Worker, *, run_dir: str, name: str) -> None:
+    marker = Path(run_dir) / ".checkpoint_fault_injected"
+    if worker.state.epoch == worker.config.trainer.fail_in_checkpoint_epoch and not marker.exists():
+        marker.touch()
+        crash_while_writing(worker.checkpoint_state(), path=Path(run_dir) / name / CHECKPOINT_FILE)

@@ -4,6 +4,12 @@
 fp16 uses dynamic loss scaling (torch.amp.GradScaler): gradients are unscaled before the
 optimizer sees them (LARS norms need true magnitudes), and a step whose gradients hold
 inf/nan is skipped and counted. bf16 has fp32's exponent range, so it needs no scaler.
+
+`fp16_pure` is the ablation of the brief's failure mode: the model's parameters (BN
+included) and activations are fp16 and there are no fp32 master weights. The optimizer
+still does its arithmetic in fp32, but each updated weight is rounded back to fp16, so
+an update smaller than half an fp16 ulp of the weight is lost. With no master weights
+GradScaler cannot unscale fp16 gradients, so this mode has no loss scaling either.
 """
 
 from __future__ import annotations
@@ -28,8 +34,15 @@ class Precision:
                 device_type, init_scale=config.init_scale, growth_interval=config.growth_interval
             )
 
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this precision trains it: fp16 parameters for fp16_pure."""
+        return model.half() if self.name == "fp16_pure" else model
+
+    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return images.half() if self.name == "fp16_pure" else images
+
     def autocast(self):
-        if self.name == "fp32":
+        if self.name in ("fp32", "fp16_pure"):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=_AUTOCAST_DTYPES[self.name])
 

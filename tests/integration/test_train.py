@@ -66,6 +66,10 @@ def test_worker_failure_restarts_from_last_checkpoint(digits_runs, tmp_path):
         f"trainer.fail_at_step={steps + 5}"]))
     assert (tmp_path / "train" / ".fault_injected").exists()
     assert recovered["resumed_from_steps"] == [steps]  # the epoch-1 checkpoint
+    assert recovered["restarts"] == 1 and recovered["world_size_history"] == [2, 2]
+    restart = recovered["restart_events"][1]
+    assert restart["reason"] == "failure" and "fault injected" in restart["detail"]
+    assert restart["resume_step"] == steps
     assert recovered["global_steps"] == 3 * steps
     assert losses(recovered) == losses(first)
 

@@ -27,7 +27,9 @@ def test_every_group_option_composes(group, option):
 @pytest.mark.parametrize("override,key", [
     ("trainer.num_workers=0", "trainer.num_workers"),
     ("trainer.epochs=0", "trainer.epochs"),
-    ("trainer.global_batch_size=63", "trainer.global_batch_size"),  # not divisible by 2 workers
+    ("trainer.global_batch_size=1", "trainer.global_batch_size"),  # not a sample per worker
+    ("trainer.min_workers=2", "trainer.min_workers"),  # without max_workers
+    ("+trainer.worker_resources.CPU=1", "trainer.worker_resources.CPU"),
     ("trainer.global_batch_size=4096", "trainer.global_batch_size"),  # larger than the data
     ("trainer.cpus_per_worker=0", "trainer.cpus_per_worker"),
     ("trainer.max_failures=-2", "trainer.max_failures"),

@@ -74,3 +74,35 @@ def test_state_dict_round_trips_scale_and_skip_count():
     restored = Precision(PrecisionConfig(name="fp16"), device_type="cpu")
     restored.load_state_dict(precision.state_dict())
     assert restored.loss_scale == 128.0 and restored.skipped_steps == 1
+
+
+def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
+    torch.manual_seed(0)
+    precision = Precision(PrecisionConfig(name="fp16_pure"), device_type="cpu")
+    model = precision.prepare(torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 6 * 6, 3)))
+    optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
+    for _ in range(2):
+        optimizer.zero_grad()
+        with precision.autocast():
+            out = model(precision.cast_inputs(torch.randn(8, 1, 8, 8)))
+        assert out.dtype == torch.float16
+        precision.backward(out.float().pow(2).mean())
+        assert precision.step(optimizer) and precision.scaler is None
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    assert {p.grad.dtype for p in model.parameters()} == {torch.float16}
+
+
+def test_fp16_pure_loses_a_small_lars_update_that_master_weights_keep():
+    """The brief's failure mode: w=1, g=1 per element, lr=0.1, trust 0.001 * ||w||/||g||
+    gives an update of 1e-4, under half an fp16 ulp at 1.0 (2^-11), so fp16 weights do not
+    move; fp32 weights match the float64 reference 1 - 1e-4."""
+    reference = 1.0 - 0.1 * 0.001 * 1.0  # lr * trust(=tc * 16 / 16) * g, in float64
+    for dtype, expected in ((torch.float16, 1.0), (torch.float32, reference)):
+        weight = torch.nn.Parameter(torch.ones(16, 16, dtype=dtype))
+        weight.grad = torch.ones(16, 16, dtype=dtype)
+        LARS([weight], lr=0.1, momentum=0.0, trust_coefficient=0.001).step()
+        torch.testing.assert_close(weight.double(), torch.full((16, 16), expected,
+                                                               dtype=torch.float64),
+                                   rtol=0, atol=1e-7)
