@@ -56,6 +56,10 @@ class LARS(torch.optim.Optimizer):
 
     Param groups may set ``lars_exclude=True`` (plain momentum SGD, no weight decay)
     and override any hyper-parameter. Momentum buffers are kept in fp32 (or fp64).
+
+    ``upcast=False`` does the update (norms, trust ratio, momentum buffer) in each
+    parameter's own dtype: LARS applied directly to fp16 parameters, the failure mode
+    of the brief that `precision=fp16_pure` reproduces. Not for real training.
     """
 
     def __init__(
@@ -66,7 +70,9 @@ class LARS(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
         eps: float = 0.0,
+        upcast: bool = True,
     ) -> None:
+        self.upcast = upcast
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -106,7 +112,7 @@ class LARS(torch.optim.Optimizer):
                 continue
             if grad.is_sparse:
                 raise RuntimeError("LARS does not support sparse gradients")
-            dtype = _compute_dtype(p.dtype)
+            dtype = self._dtype(p)
             state = self.state[p]
             if _BUF not in state:
                 state[_BUF] = torch.zeros_like(
@@ -118,6 +124,9 @@ class LARS(torch.optim.Optimizer):
             lists[2].append(grad if grad.dtype == dtype else grad.to(dtype))
             lists[3].append(state[_BUF])
         return by_device
+
+    def _dtype(self, p: torch.Tensor) -> torch.dtype:
+        return _compute_dtype(p.dtype) if self.upcast else p.dtype
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The base class casts state tensors to the param dtype, which would round the
@@ -131,7 +140,7 @@ class LARS(torch.optim.Optimizer):
             buf = saved.get(pid)
             if isinstance(buf, torch.Tensor):
                 self.state[p][_BUF] = buf.to(
-                    device=p.device, dtype=_compute_dtype(p.dtype), copy=True
+                    device=p.device, dtype=self._dtype(p), copy=True
                 )
 
 

@@ -62,7 +62,8 @@ class Worker:
         self.model = self.precision.prepare(build_model(
             name=config.model.name, num_classes=info.num_classes,
             in_channels=info.in_channels).to(self.device))
-        self.optimizer = build_optimizer(config.optim, model=self.model)
+        self.optimizer = build_optimizer(config.optim, model=self.model,
+                                         upcast=self.precision.upcast_update)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
         # The global batch stays trainer.global_batch_size whatever the world size (a
         # resized group included); see trainers/elastic.py for the rule when it does not divide.

@@ -6,10 +6,10 @@ optimizer sees them (LARS norms need true magnitudes), and a step whose gradient
 inf/nan is skipped and counted. bf16 has fp32's exponent range, so it needs no scaler.
 
 `fp16_pure` is the ablation of the brief's failure mode: the model's parameters (BN
-included) and activations are fp16 and there are no fp32 master weights. The optimizer
-still does its arithmetic in fp32, but each updated weight is rounded back to fp16, so
-an update smaller than half an fp16 ulp of the weight is lost. With no master weights
-GradScaler cannot unscale fp16 gradients, so this mode has no loss scaling either.
+included), activations and gradients are fp16, there are no fp32 master weights, and the
+LARS update itself (norms, trust ratio, momentum) runs in fp16; an update smaller than
+half an fp16 ulp of its weight is lost, and small products underflow. With no master
+weights GradScaler cannot unscale fp16 gradients, so this mode has no loss scaling.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Precision:
             self.scaler = torch.amp.GradScaler(
                 device_type, init_scale=config.init_scale, growth_interval=config.growth_interval
             )
+
+    @property
+    def upcast_update(self) -> bool:
+        """Whether the optimizer may compute in fp32 (all modes but fp16_pure)."""
+        return self.name != "fp16_pure"
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as this precision trains it: fp16 parameters for fp16_pure."""

@@ -82,7 +82,9 @@ def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
     model = precision.prepare(torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
         torch.nn.Linear(4 * 6 * 6, 3)))
-    optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
+    assert precision.upcast_update is False
+    optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-4,
+                     upcast=precision.upcast_update)
     for _ in range(2):
         optimizer.zero_grad()
         with precision.autocast():
@@ -92,6 +94,8 @@ def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
         assert precision.step(optimizer) and precision.scaler is None
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert {p.grad.dtype for p in model.parameters()} == {torch.float16}
+    # No fp32 copy anywhere: the LARS momentum buffers are fp16 too.
+    assert {s["momentum_buffer"].dtype for s in optimizer.state.values()} == {torch.float16}
 
 
 def test_fp16_pure_loses_a_small_lars_update_that_master_weights_keep():
@@ -102,7 +106,7 @@ def test_fp16_pure_loses_a_small_lars_update_that_master_weights_keep():
     for dtype, expected in ((torch.float16, 1.0), (torch.float32, reference)):
         weight = torch.nn.Parameter(torch.ones(16, 16, dtype=dtype))
         weight.grad = torch.ones(16, 16, dtype=dtype)
-        LARS([weight], lr=0.1, momentum=0.0, trust_coefficient=0.001).step()
+        LARS([weight], lr=0.1, momentum=0.0, trust_coefficient=0.001, upcast=False).step()
         torch.testing.assert_close(weight.double(), torch.full((16, 16), expected,
                                                                dtype=torch.float64),
                                    rtol=0, atol=1e-7)
