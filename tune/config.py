@@ -18,7 +18,8 @@ class TuneConfig:
     # Stage 1: this many LRs per decade (2: half-decades), crossed with every warmup.
     coarse_points_per_decade: float = 2.0
     warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0])
-    # Stage 2 (and the exhaustive grid): consecutive LRs a factor fine_factor apart.
+    # Every LR is on the lattice lr_min * fine_factor**k (the exhaustive grid); stage 2 is
+    # fine_points (odd) consecutive lattice points centred on the best coarse LR.
     fine_factor: float = 1.4142135623730951  # 2 ** 0.5
     fine_points: int = 5
     # ASHA early stopping in stage 1, on val_top1.
@@ -39,7 +40,9 @@ class TuneConfig:
         require(len(self.warmup_epochs) >= 1 and min(self.warmup_epochs) >= 0,
                 f"tune.warmup_epochs must be a non-empty list of values >= 0, got {self.warmup_epochs}")
         require(self.fine_factor > 1, f"tune.fine_factor must be > 1, got {self.fine_factor}")
-        require(self.fine_points >= 1, f"tune.fine_points must be >= 1, got {self.fine_points}")
+        require(self.fine_points >= 1 and self.fine_points % 2 == 1,
+                f"tune.fine_points must be odd and >= 1 (centred on the best coarse LR), "
+                f"got {self.fine_points}")
         require(self.asha_grace_epochs >= 1,
                 f"tune.asha_grace_epochs must be >= 1, got {self.asha_grace_epochs}")
         require(self.asha_reduction_factor > 1,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune import Callback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from launch.config import Config
 
@@ -25,12 +26,23 @@ METRIC = "val_top1"
 @dataclass(frozen=True)
 class StagePlan:
     name: str
-    trials: list  # [{"lr": float, "warmup_epochs": float}, ...]
+    # [{"lr": float, "warmup_epochs": float, "resume_from": str | None, "start_epoch": int}]:
+    # a trial with resume_from continues an earlier stage's run from its checkpoint.
+    trials: list
     early_stopping: bool
 
+    def starts(self) -> dict[str, dict]:
+        return {point_key(t): {"resume_from": t["resume_from"], "start_epoch": t["start_epoch"]}
+                for t in self.trials}
 
-def trial_fn(params: dict, *, base: Config) -> None:
-    """One Tune trial: train `base` with the trial's LR and warmup on Ray Train."""
+
+def point_key(trial: dict) -> str:
+    return f"{trial['lr']:.6g}/{trial['warmup_epochs']:g}"
+
+
+def trial_fn(params: dict, *, base: Config, starts: dict[str, dict]) -> None:
+    """One Tune trial: train `base` with the trial's LR and warmup on Ray Train, from the
+    checkpoint an earlier stage left at this point if there is one."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -40,6 +52,7 @@ def trial_fn(params: dict, *, base: Config) -> None:
     config = copy.deepcopy(base)
     config.optim.lr = float(params["trial"]["lr"])
     config.optim.warmup_epochs = float(params["trial"]["warmup_epochs"])
+    config.trainer.resume_from = starts[point_key(params["trial"])]["resume_from"]
     config.run.name = "train"
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     datasets, info = build_datasets(config.data, seed=config.trainer.seed)
@@ -66,7 +79,8 @@ def run_stage(plan: StagePlan, *, config: Config, storage: Path) -> list[dict]:
     # The trial function only drives a TorchTrainer whose workers hold the real CPUs. Tune
     # rejects an empty request, and a token CPU share (0.01) would leave 0.99 CPU on a node
     # where Ray Data's 1-CPU tasks then never fit; so it asks for a little memory instead.
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=config),
+    starts = plan.starts()
+    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=config, starts=starts),
                                     {"CPU": 0, "memory": 64 * 1024**2})
     path = storage / plan.name
     if tune.Tuner.can_restore(str(path)):
@@ -79,16 +93,18 @@ def run_stage(plan: StagePlan, *, config: Config, storage: Path) -> list[dict]:
         ) if plan.early_stopping else None
         tuner = tune.Tuner(
             trainable,
-            param_space={"trial": tune.grid_search(plan.trials)},
+            param_space={"trial": tune.grid_search(
+                [{"lr": t["lr"], "warmup_epochs": t["warmup_epochs"]} for t in plan.trials])},
             tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
                                         max_concurrent_trials=concurrent_trials(config)),
             run_config=tune.RunConfig(
                 name=plan.name, storage_path=str(storage), verbose=0,
-                callbacks=[TrialProgress(stage=plan.name, epochs=config.trainer.epochs)],
+                callbacks=[TrialProgress(stage=plan.name, epochs=config.trainer.epochs,
+                                         starts=starts)],
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
         )
     results = tuner.fit()
-    return [trial_record(result, epochs=config.trainer.epochs) for result in results]
+    return [trial_record(result, epochs=config.trainer.epochs, starts=starts) for result in results]
 
 
 def trial_params(result) -> dict:
@@ -99,16 +115,22 @@ def trial_params(result) -> dict:
     return json.loads((Path(result.path) / "params.json").read_text())["trial"]
 
 
-def trial_record(result, *, epochs: int) -> dict:
+def trial_record(result, *, epochs: int, starts: dict[str, dict]) -> dict:
     params = trial_params(result)
+    start = starts[point_key(params)]
     metrics = result.metrics or {}
-    epochs_run = int(metrics.get("epoch", 0))
+    # The last reported epoch; a trial that failed before reporting stays where it began.
+    epochs_run = int(metrics.get("epoch", start["start_epoch"]))
     value = metrics.get(METRIC)
     return {
         "lr": params["lr"], "warmup_epochs": params["warmup_epochs"],
         METRIC: value if value is not None and math.isfinite(value) else None,
-        "epochs_run": epochs_run, "stopped_early": result.error is None and epochs_run < epochs,
+        "epochs_run": epochs_run, "start_epoch": start["start_epoch"],
+        "resumed_from": start["resume_from"],
+        "stopped_early": result.error is None and epochs_run < epochs,
         "error": _first_line(result.error) if result.error is not None else None,
+        # Where a later stage can continue this run (TuneReportCallback forwards the path).
+        "checkpoint": metrics.get(CHECKPOINT_PATH_KEY),
     }
 
 
@@ -118,20 +140,28 @@ def _first_line(error: BaseException) -> str:
     return (text[-1] if text else type(error).__name__)[:300]
 
 
+def _progress_line(*, stage: str, params: dict, value, epoch: int, epochs: int,
+                   status: str) -> str:
+    shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
+    return (f"[raylars tune] {stage}: lr={params['lr']:.4g} warmup={params['warmup_epochs']:g} "
+            f"{METRIC}={shown} epochs={epoch}/{epochs} {status}")
+
+
 class TrialProgress(Callback):
     """One line per finished trial: stage, lr, warmup, val_top1, epochs, early stop."""
 
-    def __init__(self, *, stage: str, epochs: int):
-        self.stage, self.epochs = stage, epochs
+    def __init__(self, *, stage: str, epochs: int, starts: dict[str, dict]):
+        self.stage, self.epochs, self.starts = stage, epochs, starts
 
     def _line(self, trial, status: str) -> None:
         params = trial.config["trial"]
         result = trial.last_result or {}
-        value = result.get(METRIC)
-        shown = f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else "-"
-        print(f"[raylars tune] {self.stage}: lr={params['lr']:.4g} "
-              f"warmup={params['warmup_epochs']:g} {METRIC}={shown} "
-              f"epochs={result.get('epoch', 0)}/{self.epochs} {status}", flush=True)
+        start_epoch = self.starts[point_key(params)]["start_epoch"]
+        if start_epoch:
+            status += f", continued from epoch {start_epoch}"
+        print(_progress_line(stage=self.stage, params=params, value=result.get(METRIC),
+                             epoch=result.get("epoch", start_epoch), epochs=self.epochs,
+                             status=status), flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         stopped = (trial.last_result or {}).get("epoch", 0) < self.epochs
@@ -139,6 +169,14 @@ class TrialProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, "FAILED")
+
+
+def print_reused(records: list[dict], *, stage: str, epochs: int) -> None:
+    """The progress line of each trial a stage takes over from an earlier one."""
+    for record in records:
+        status = "FAILED before, not rerun" if record["error"] else "reused, already trained"
+        print(_progress_line(stage=stage, params=record, value=record[METRIC],
+                             epoch=record["epochs_run"], epochs=epochs, status=status), flush=True)
 
 
 def best_trial(records: list[dict]) -> dict:

@@ -3,11 +3,10 @@ exhaustive fine grid), run them in order, and summarise."""
 
 from __future__ import annotations
 
-import math
-
 from launch.config import Config
-from tune.runner import METRIC, StagePlan, best_trial, run_stage, storage_for
-from tune.stages import fine_grid, grid_trials, log_grid, neighbour_warmups
+from tune.runner import METRIC, StagePlan, best_trial, print_reused, run_stage, storage_for
+from tune.stages import (coarse_grid, fine_grid, grid_trials, lattice_grid, neighbour_warmups,
+                         split_known_trials)
 
 
 def run_sweep(config: Config) -> dict:
@@ -16,32 +15,46 @@ def run_sweep(config: Config) -> dict:
     tune = config.tune
     stages = []
     if tune.name == "exhaustive":
-        lrs = log_grid(low=tune.lr_min, high=tune.lr_max,
-                       points_per_decade=1 / math.log10(tune.fine_factor))
-        plan = StagePlan("exhaustive", grid_trials(lrs=lrs, warmups=tune.warmup_epochs), False)
+        lrs = lattice_grid(low=tune.lr_min, high=tune.lr_max, factor=tune.fine_factor)
+        plan = StagePlan("exhaustive", _from_scratch(grid_trials(lrs=lrs, warmups=tune.warmup_epochs)),
+                         early_stopping=False)
         stages.append(_stage(plan, config=config, storage=storage))
     else:
-        coarse_lrs = log_grid(low=tune.lr_min, high=tune.lr_max,
-                              points_per_decade=tune.coarse_points_per_decade)
-        plan = StagePlan("coarse", grid_trials(lrs=coarse_lrs, warmups=tune.warmup_epochs), True)
+        coarse_lrs = coarse_grid(low=tune.lr_min, high=tune.lr_max, factor=tune.fine_factor,
+                                 points_per_decade=tune.coarse_points_per_decade)
+        plan = StagePlan("coarse", _from_scratch(grid_trials(lrs=coarse_lrs, warmups=tune.warmup_epochs)),
+                         early_stopping=True)
         stages.append(_stage(plan, config=config, storage=storage))
-        centre = stages[0]["best"]
-        fine = StagePlan("fine", grid_trials(
-            lrs=fine_grid(center=centre["lr"], factor=tune.fine_factor,
+        coarse = stages[0]
+        grid = grid_trials(
+            lrs=fine_grid(center=coarse["best"]["lr"], low=tune.lr_min, factor=tune.fine_factor,
                           num_points=tune.fine_points),
-            warmups=neighbour_warmups(best=centre["warmup_epochs"],
-                                      warmups=tune.warmup_epochs)), False)
-        stages.append(_stage(fine, config=config, storage=storage))
+            warmups=neighbour_warmups(best=coarse["best"]["warmup_epochs"],
+                                      warmups=tune.warmup_epochs))
+        # Fine points the coarse stage already trained are not trained again (stages.py).
+        reused, to_run = split_known_trials(trials=grid, done=coarse["trials"],
+                                            epochs=config.trainer.epochs)
+        print_reused(reused, stage="fine", epochs=config.trainer.epochs)
+        fine = StagePlan("fine", to_run, early_stopping=False)
+        stages.append(_stage(fine, config=config, storage=storage, reused=reused))
     return summarize(stages)
 
 
-def _stage(plan: StagePlan, *, config: Config, storage) -> dict:
-    records = run_stage(plan, config=config, storage=storage)
+def _from_scratch(trials: list[dict]) -> list[dict]:
+    return [{**trial, "resume_from": None, "start_epoch": 0} for trial in trials]
+
+
+def _stage(plan: StagePlan, *, config: Config, storage, reused: tuple = ()) -> dict:
+    ran = run_stage(plan, config=config, storage=storage) if plan.trials else []
+    records = ran + list(reused)
     return {
         "name": plan.name,
-        "num_trials": len(records),
-        "num_failed": sum(r["error"] is not None for r in records),
-        "trial_epochs": sum(r["epochs_run"] for r in records),
+        "num_trials": len(ran),
+        "num_reused": len(reused),
+        "num_continued": sum(r["start_epoch"] > 0 for r in ran),
+        "num_failed": sum(r["error"] is not None for r in ran),
+        # Only the epochs this stage trained: a continued trial counts from its checkpoint.
+        "trial_epochs": sum(max(0, r["epochs_run"] - r["start_epoch"]) for r in ran),
         "best": best_trial(records),
         "trials": records,
     }

@@ -13,7 +13,8 @@ from launch.job import run_tune_sweep
 
 SWEEP = [
     "trainer.epochs=2", "optim.warmup_epochs=0",
-    # Coarse: one LR per two decades over 10..1e5; LARS at lr=1e5 diverges to nan.
+    # Coarse: one LR per two decades over 10..1e5, snapped onto the 2^(1/2) lattice from 10;
+    # LARS at lr=81920 diverges to nan.
     "tune.lr_min=10", "tune.lr_max=100000", "tune.coarse_points_per_decade=0.5",
     "tune.warmup_epochs=[0]", "tune.fine_points=3",
 ]
@@ -23,8 +24,8 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
     summary = run_tune_sweep(compose(SWEEP + [f"run.output_dir={tmp_path}"], for_tune=True))
     coarse, fine = summary["stages"]
     assert (coarse["name"], fine["name"]) == ("coarse", "fine")
-    assert [t["lr"] for t in coarse["trials"]] == [10.0, 1000.0, 100000.0]
-    diverged = next(t for t in coarse["trials"] if t["lr"] == 100000.0)
+    assert [t["lr"] for t in coarse["trials"]] == [10.0, 905.097, 81920.0]
+    diverged = next(t for t in coarse["trials"] if t["lr"] == 81920.0)
     assert diverged["error"] is not None and "nan" in diverged["error"].lower()
     assert diverged["val_top1"] is None
     # Stage 2 is the fine grid centred on stage 1's best LR.
@@ -32,6 +33,18 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
     assert len(fine_lrs) == 3 and fine["num_failed"] == 0
     assert math.sqrt(fine_lrs[0] * fine_lrs[-1]) == pytest.approx(coarse["best"]["lr"], rel=1e-5)
     assert fine_lrs[1] == coarse["best"]["lr"]
+    # The centre was trained in stage 1: reused if it ran both epochs, else continued from
+    # its checkpoint; the fine stage counts only the epochs it trained itself.
+    centre = next(t for t in fine["trials"] if t["lr"] == coarse["best"]["lr"])
+    centre_before = next(t for t in coarse["trials"] if t["lr"] == coarse["best"]["lr"])
+    if centre_before["epochs_run"] == 2:
+        assert centre.get("reused") and fine["num_reused"] == 1 and fine["num_trials"] == 2
+    else:
+        assert centre["start_epoch"] == centre_before["epochs_run"] == 1
+        assert centre["resumed_from"] == centre_before["checkpoint"]
+        assert centre["epochs_run"] == 2 and fine["num_continued"] == 1
+    ran = [t for t in fine["trials"] if not t.get("reused")]
+    assert fine["trial_epochs"] == sum(t["epochs_run"] - t["start_epoch"] for t in ran)
     assert summary["total_trial_epochs"] == coarse["trial_epochs"] + fine["trial_epochs"]
     assert summary["best"]["val_top1"] == max(coarse["best"]["val_top1"], fine["best"]["val_top1"])
     assert summary["leaked_cpus"] == 0
