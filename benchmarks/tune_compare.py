@@ -22,6 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from launch.config import compose  # noqa: E402
 from launch.job import run_tune_sweep, start_ray  # noqa: E402
+from tune.plot import MARKERS  # noqa: E402
 
 DEFAULTS = ["trainer.num_workers=1", "trainer.epochs=5", "cluster.num_cpus=4"]
 
@@ -75,7 +76,7 @@ def plot_compare(results: dict, *, path: Path) -> None:
             trials = [t for t in stage["trials"] if t["val_top1"] is not None]
             ax.scatter([t["lr"] for t in trials], [t["val_top1"] for t in trials],
                        c=[t["warmup_epochs"] for t in trials], cmap="viridis", vmin=0,
-                       marker={"coarse": "o", "fine": "s"}.get(stage["name"], "^"),
+                       marker=MARKERS.get(stage["name"], "o"),
                        label=f"{stage['name']} ({stage['trial_epochs']} trial-epochs)")
         ax.set_xscale("log")
         ax.set_xlabel("base LR")

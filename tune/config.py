@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trainers.config import require
 
 TUNE_NAMES = ("coarse_to_fine", "exhaustive")
+FINE_SHAPES = ("grid", "cross")
 
 
 @dataclass
@@ -22,6 +23,9 @@ class TuneConfig:
     # fine_points (odd) consecutive lattice points centred on the best coarse LR.
     fine_factor: float = 1.4142135623730951  # 2 ** 0.5
     fine_points: int = 5
+    # grid: every fine LR x every neighbouring warmup; cross: the fine LRs at the best
+    # warmup, then the neighbouring warmups at the best LR (tune/sweep.py).
+    fine_shape: str = "grid"
     # ASHA early stopping in stage 1, on val_top1.
     asha_grace_epochs: int = 1
     asha_reduction_factor: float = 3.0
@@ -43,6 +47,8 @@ class TuneConfig:
         require(self.fine_points >= 1 and self.fine_points % 2 == 1,
                 f"tune.fine_points must be odd and >= 1 (centred on the best coarse LR), "
                 f"got {self.fine_points}")
+        require(self.fine_shape in FINE_SHAPES,
+                f"tune.fine_shape: unknown {self.fine_shape!r}; known: {', '.join(FINE_SHAPES)}")
         require(self.asha_grace_epochs >= 1,
                 f"tune.asha_grace_epochs must be >= 1, got {self.asha_grace_epochs}")
         require(self.asha_reduction_factor > 1,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MARKERS = {"coarse": "o", "fine": "s", "exhaustive": "^"}
+MARKERS = {"coarse": "o", "fine": "s", "fine_warmup": "D", "exhaustive": "^"}
 
 
 def plot_sweep(summary: dict, *, path: Path, title: str = "") -> None:

@@ -1,5 +1,7 @@
 """The sweep itself: plan the stages (coarse with ASHA, then fine around the best; or one
-exhaustive fine grid), run them in order, and summarise."""
+exhaustive fine grid), run them in order, and summarise. `tune.fine_shape` picks the fine
+neighbourhood: `grid` (every fine LR x every neighbouring warmup) or `cross` (the fine LRs
+at the best warmup, then a `fine_warmup` stage: the neighbouring warmups at the best LR)."""
 
 from __future__ import annotations
 
@@ -16,28 +18,41 @@ def run_sweep(config: Config) -> dict:
     stages = []
     if tune.name == "exhaustive":
         lrs = lattice_grid(low=tune.lr_min, high=tune.lr_max, factor=tune.fine_factor)
-        plan = StagePlan("exhaustive", _from_scratch(grid_trials(lrs=lrs, warmups=tune.warmup_epochs)),
-                         early_stopping=False)
-        stages.append(_stage(plan, config=config, storage=storage))
+        trials = grid_trials(lrs=lrs, warmups=tune.warmup_epochs)
+        stages.append(_refine("exhaustive", trials, done=[], config=config, storage=storage))
+        return summarize(stages)
+    coarse_lrs = coarse_grid(low=tune.lr_min, high=tune.lr_max, factor=tune.fine_factor,
+                             points_per_decade=tune.coarse_points_per_decade)
+    plan = StagePlan("coarse", _from_scratch(grid_trials(lrs=coarse_lrs, warmups=tune.warmup_epochs)),
+                     early_stopping=True)
+    stages.append(_stage(plan, config=config, storage=storage))
+    best = stages[0]["best"]
+    lrs = fine_grid(center=best["lr"], low=tune.lr_min, factor=tune.fine_factor,
+                    num_points=tune.fine_points)
+    warmups = neighbour_warmups(best=best["warmup_epochs"], warmups=tune.warmup_epochs)
+    done = list(stages[0]["trials"])
+    if tune.fine_shape == "grid":
+        stages.append(_refine("fine", grid_trials(lrs=lrs, warmups=warmups), done=done,
+                              config=config, storage=storage))
     else:
-        coarse_lrs = coarse_grid(low=tune.lr_min, high=tune.lr_max, factor=tune.fine_factor,
-                                 points_per_decade=tune.coarse_points_per_decade)
-        plan = StagePlan("coarse", _from_scratch(grid_trials(lrs=coarse_lrs, warmups=tune.warmup_epochs)),
-                         early_stopping=True)
-        stages.append(_stage(plan, config=config, storage=storage))
-        coarse = stages[0]
-        grid = grid_trials(
-            lrs=fine_grid(center=coarse["best"]["lr"], low=tune.lr_min, factor=tune.fine_factor,
-                          num_points=tune.fine_points),
-            warmups=neighbour_warmups(best=coarse["best"]["warmup_epochs"],
-                                      warmups=tune.warmup_epochs))
-        # Fine points the coarse stage already trained are not trained again (stages.py).
-        reused, to_run = split_known_trials(trials=grid, done=coarse["trials"],
-                                            epochs=config.trainer.epochs)
-        print_reused(reused, stage="fine", epochs=config.trainer.epochs)
-        fine = StagePlan("fine", to_run, early_stopping=False)
-        stages.append(_stage(fine, config=config, storage=storage, reused=reused))
+        # cross: the fine LRs at the best warmup, then the neighbouring warmups at the best
+        # of those LRs. Half the grid's trials; it misses a diagonal optimum (a longer
+        # warmup that only pays off at a larger LR).
+        fine = _refine("fine", grid_trials(lrs=lrs, warmups=[best["warmup_epochs"]]), done=done,
+                       config=config, storage=storage)
+        stages.append(fine)
+        stages.append(_refine("fine_warmup", grid_trials(lrs=[fine["best"]["lr"]], warmups=warmups),
+                              done=done + fine["trials"], config=config, storage=storage))
     return summarize(stages)
+
+
+def _refine(name: str, trials: list[dict], *, done: list[dict], config: Config, storage) -> dict:
+    """A stage trained to the full epochs; points already trained in `done` are not
+    trained again (stages.split_known_trials)."""
+    reused, to_run = split_known_trials(trials=trials, done=done, epochs=config.trainer.epochs)
+    print_reused(reused, stage=name, epochs=config.trainer.epochs)
+    return _stage(StagePlan(name, to_run, early_stopping=False), config=config, storage=storage,
+                  reused=reused)
 
 
 def _from_scratch(trials: list[dict]) -> list[dict]:
