@@ -27,6 +27,7 @@ import torch
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # replace the script's folder: Ray ships it to workers
 
+from ingest.config import DataConfig  # noqa: E402
 from ingest.imagefolder import FolderSource, list_dataset  # noqa: E402
 from ingest.pipeline import PipelineState, Sample, TransformSpec, build_split  # noqa: E402
 from launch.prepare_data import prepare  # noqa: E402
@@ -75,10 +76,11 @@ def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int):
     spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
                          min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
     state = PipelineState.remote()
+    defaults = DataConfig()  # the blocks a training run gets
     dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
                           split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
-                          num_blocks=8, rows_per_block=256, chunk_rows=batch_size,
-                          preprocess_cpus=cpus)
+                          num_blocks=defaults.num_blocks, rows_per_block=defaults.rows_per_block,
+                          chunk_rows=batch_size, preprocess_cpus=cpus)
     return listing, spec, state, dataset
 
 

@@ -25,7 +25,7 @@ class TuneConfig:
     fine_points: int = 5
     # grid: every fine LR x every neighbouring warmup; cross: the fine LRs at the best
     # warmup, then the neighbouring warmups at the best LR (tune/sweep.py).
-    fine_shape: str = "grid"
+    fine_shape: str = "cross"
     # ASHA early stopping in stage 1, on val_top1.
     asha_grace_epochs: int = 1
     asha_reduction_factor: float = 3.0

@@ -16,7 +16,7 @@ SWEEP = [
     # Coarse: one LR per two decades over 10..1e5, snapped onto the 2^(1/2) lattice from 10;
     # LARS at lr=81920 diverges to nan.
     "tune.lr_min=10", "tune.lr_max=100000", "tune.coarse_points_per_decade=0.5",
-    "tune.warmup_epochs=[0]", "tune.fine_points=3",
+    "tune.warmup_epochs=[0]", "tune.fine_points=3", "tune.fine_shape=grid",
 ]
 
 
