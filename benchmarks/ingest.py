@@ -69,9 +69,12 @@ def loader_epoch(loader, *, epoch: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int):
+def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int,
+                   num_blocks: int | None = None, reservation: bool = False):
     """The train split's Ray Data pipeline both measurements use: ImageFolder JPEGs decoded,
-    random-resized-cropped and flipped in map_batches. Returns (listing, spec, state, dataset)."""
+    random-resized-cropped and flipped in map_batches. Returns (listing, spec, state, dataset).
+    `num_blocks` (None: data.num_blocks) and `reservation` (Ray Data's per-operator CPU
+    reservation, which build_split turns off) exist to measure what those choices cost."""
     listing = list_dataset(root=root, num_classes=None)["train"]
     spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
                          min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
@@ -79,14 +82,18 @@ def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int):
     defaults = DataConfig()  # the blocks a training run gets
     dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
                           split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
-                          num_blocks=defaults.num_blocks, rows_per_block=defaults.rows_per_block,
+                          num_blocks=num_blocks or defaults.num_blocks,
+                          rows_per_block=defaults.rows_per_block if num_blocks is None else 1 << 30,
                           chunk_rows=batch_size, preprocess_cpus=cpus)
+    dataset.context.op_resource_reservation_enabled = reservation
     return listing, spec, state, dataset
 
 
-def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int) -> dict:
+def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int,
+               num_blocks: int | None, reservation: bool) -> dict:
     listing, spec, state, dataset = train_pipeline(root=root, cpus=cpus, batch_size=batch_size,
-                                                   size=size)
+                                                   size=size, num_blocks=num_blocks,
+                                                   reservation=reservation)
     torch_set = FolderDataset(listing, spec=spec, seed=0)
     loader = torch.utils.data.DataLoader(
         torch_set, batch_size=batch_size, num_workers=cpus,
@@ -101,6 +108,7 @@ def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int)
                   flush=True)
     steady = {name: statistics.median(r[1:]) for name, r in rates.items()}
     return {"images": len(listing.labels), "cpus": cpus, "image_size": size,
+            "num_blocks": num_blocks or DataConfig().num_blocks, "reservation": reservation,
             "img_per_s": rates, "steady_img_per_s": steady,
             "ray_over_dataloader": steady["ray_data"] / steady["dataloader"]}
 
@@ -170,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="an existing ImageFolder tree")
     parser.add_argument("--json", default=None)
     parser.add_argument("--skip-feeding", action="store_true")
+    parser.add_argument("--num-blocks", type=int, default=None,
+                        help="blocks (= preprocessing tasks) per epoch; default: data.num_blocks")
+    parser.add_argument("--reservation", action="store_true",
+                        help="keep Ray Data's per-operator CPU reservation (off in raylars)")
     args = parser.parse_args(argv)
 
     import ray
@@ -187,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
 
         DataContext.get_current().execution_options.preserve_order = True
         results = {"throughput": throughput(root=root, cpus=args.cpus, epochs=args.epochs,
-                                            batch_size=args.batch_size, size=args.size)}
+                                            batch_size=args.batch_size, size=args.size,
+                                            num_blocks=args.num_blocks,
+                                            reservation=args.reservation)}
         if not args.skip_feeding:
             results["feeding"] = feeding(root=root, cpus=args.cpus, epochs=args.epochs,
                                          batch_size=args.batch_size, size=args.size,

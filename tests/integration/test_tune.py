@@ -64,8 +64,9 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
 
 
 def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, tmp_path):
-    sweep = ["trainer.epochs=1", "tune.lr_min=10", "tune.lr_max=1000",
-             "tune.coarse_points_per_decade=0.5", "tune.warmup_epochs=[0,1]",
+    # One coarse LR (the range is a single point) x 2 warmups keeps it to 4-5 trials.
+    sweep = ["trainer.epochs=1", "optim.warmup_epochs=0", "tune.lr_min=10", "tune.lr_max=10",
+             "tune.warmup_epochs=[0,0.5]",
              "tune.fine_points=3", "tune.fine_shape=cross", f"run.output_dir={tmp_path}"]
     summary = run_tune_sweep(compose(sweep, for_tune=True))
     coarse, fine, warmup = summary["stages"]
@@ -74,7 +75,7 @@ def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, t
     # The fine LRs at the coarse best's warmup only; then both warmups at fine's best LR.
     assert {t["warmup_epochs"] for t in fine["trials"]} == {best["warmup_epochs"]}
     assert len(fine["trials"]) == 3 and fine["num_reused"] >= 1
-    assert sorted(t["warmup_epochs"] for t in warmup["trials"]) == [0.0, 1.0]
+    assert sorted(t["warmup_epochs"] for t in warmup["trials"]) == [0.0, 0.5]
     assert {t["lr"] for t in warmup["trials"]} == {fine["best"]["lr"]}
     # Every (lr, warmup) point was trained once over the whole sweep: one epoch each
     # (a diverging one fails within it and counts none).
