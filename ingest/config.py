@@ -53,10 +53,10 @@ class DataConfig:
     # Rows per preprocessing call and per output block.
     preprocess_batch_size: int = 64
     # Ray Data blocks (one preprocessing task each): at least num_blocks, and at most
-    # rows_per_block rows each. Few large tasks: on 2 CPUs each task cost about 0.2 s
-    # beyond its images, so 8 blocks of 900 rows ran at 0.75x the speed of 2-4 blocks
-    # (BENCHMARKS.md, ingest).
-    num_blocks: int = 4
+    # rows_per_block rows each. Few large tasks: on 2 CPUs each extra task cost about
+    # 0.25 s beyond its images (7185 images: 2 blocks 3772 img/s, 4 blocks 2923, 8 blocks
+    # 2662; BENCHMARKS.md, ingest).
+    num_blocks: int = 2
     rows_per_block: int = 4096
     # Train: each worker also shuffles its rows through a buffer of this many decoded images
     # (it mixes the samples of neighbouring Parquet row groups; memory: rows x image bytes).
