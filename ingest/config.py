@@ -53,9 +53,9 @@ class DataConfig:
     # Rows per preprocessing call and per output block.
     preprocess_batch_size: int = 64
     # Ray Data blocks (one preprocessing task each): at least num_blocks, and at most
-    # rows_per_block rows each. Few large tasks: on 2 CPUs each extra task cost about
-    # 0.25 s beyond its images (7185 images: 2 blocks 3772 img/s, 4 blocks 2923, 8 blocks
-    # 2662; BENCHMARKS.md, ingest).
+    # rows_per_block rows each. Few large tasks: on 2 CPUs each extra task cost 0.1-0.3 s
+    # beyond its images (7185 images: 2 blocks 3772 img/s, 4 blocks 2923, 8 blocks 2662;
+    # BENCHMARKS.md, ingest).
     num_blocks: int = 2
     rows_per_block: int = 4096
     # Train: each worker also shuffles its rows through a buffer of this many decoded images
