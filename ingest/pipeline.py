@@ -176,8 +176,8 @@ def build_split(*, source, spec: TransformSpec, state, split: str, seed: int, sh
         fn_kwargs={"source": source, "spec": spec, "state": state, "split": split,
                    "seed": seed, "shuffle": shuffle, "chunk_rows": chunk_rows})
     # Ray Data reserves a share of the CPU budget per operator; with our one fused operator
-    # on a small node that held it to one task at a time (2 CPUs: 2300 -> 3200 img/s
-    # without it). A single operator has nothing to protect the reservation from.
+    # on a small node that held it to one task at a time (2 CPUs, 4 blocks: 2374 -> 2923
+    # img/s without it; BENCHMARKS.md). A single operator has nothing to protect it from.
     dataset.context.op_resource_reservation_enabled = False
     return dataset
 
