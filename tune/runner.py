@@ -183,8 +183,10 @@ def best_trial(records: list[dict]) -> dict:
     finished = [r for r in records if r[METRIC] is not None]
     if not finished:
         raise RuntimeError("every trial of the stage failed: no best point to refine")
-    # Prefer trials that ran their full budget over early-stopped ones at equal accuracy.
-    return max(finished, key=lambda r: (r[METRIC], r["epochs_run"]))
+    # Prefer trials that ran their full budget over early-stopped ones at equal accuracy,
+    # then the smaller LR and warmup: a restored stage returns its trials in another order,
+    # and the next stage must be planned around the same point.
+    return max(finished, key=lambda r: (r[METRIC], r["epochs_run"], -r["lr"], -r["warmup_epochs"]))
 
 
 def storage_for(config: Config) -> Path:
