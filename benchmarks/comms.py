@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/comms.py --workers 4 --model resnet50 [--json PATH] [--repeats 5]
-        [--ranks-per-node 2] [--threshold-mb 25] [--segments 2]
+        [--ranks-per-node 2] [--threshold-mb 25] [--segments 2] [--chunk-mb 4]
         [--step-batch 4 --step-image-size 64]
         [--emulate-hosts 2 --rate-mbit R [--delay-ms D]]
 
@@ -20,8 +20,9 @@ costs only a fill, so the figure is the sync's added time: step minus backward a
   ddp_ms, fused_overlap_ms, hierarchical_overlap_ms
 A full training step (forward, backward, sync, LARS step) on random images:
   step_ddp_ms, step_ours_ms (comms=fused), step_hierarchical_ms
-Cost model: alpha/beta calibrated on flat all_reduce over 1 KB .. 64 MB on this group,
-then predicted per_tensor/fused/hierarchical/flat_floor next to the measured figures.
+Cost model: alpha from small and beta from large flat all_reduces (1 KB .. 100 MB) on this
+group, then predicted per_tensor/fused/hierarchical/flat_floor next to the measured
+figures (hierarchical: its chunks through the stage pipeline).
 
 --emulate-hosts H puts the ranks of each emulated host in its own network namespace; the
 namespaces are joined through a private switch namespace by veth pairs whose egress is
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--segments", type=int, default=2)
     ap.add_argument("--variant", default="auto", choices=("auto", "reduce_bcast", "2d"),
                     help="comms.variant of the hierarchical sync")
+    ap.add_argument("--chunk-mb", type=float, default=4.0,
+                    help="comms.pipeline_chunk_mb of the hierarchical sync")
     ap.add_argument("--step-batch", type=int, default=4)
     ap.add_argument("--step-image-size", type=int, default=64)
     ap.add_argument("--no-step", action="store_true", help="skip the full-step figures")
@@ -226,7 +229,8 @@ def build_sync(name: str, args, *, topology, params_module: nn.Module):
     from comms.sync import FusedSync
 
     config = CommsConfig(name=name, fusion_threshold_mb=args.threshold_mb,
-                         segments=args.segments, variant=args.variant)
+                         segments=args.segments, variant=args.variant,
+                         pipeline_chunk_mb=args.chunk_mb)
     sync = FusedSync(config, world_size=dist.get_world_size(), device=torch.device("cpu"),
                      topology=topology)
     return sync, sync.wrap(params_module)
@@ -316,7 +320,9 @@ def calibrate(args, *, group_name: str, groups) -> dict:
     from comms.allreduce import FlatAllreduce, time_allreduce
     from comms.cost_model import calibrate_ring
 
-    numels = [256 * 4**k for k in range(9)]  # 1 KB .. 64 MB of fp32
+    # 1 KB .. 64 MB of fp32, and 100 MB: the fused figures move a whole ResNet-50
+    # gradient (97.5 MB), so the bandwidth fit must reach that size.
+    numels = [256 * 4**k for k in range(9)] + [25 * 2**20]
     group = {"world": None, "intra": groups.intra if groups else None,
              "leaders": groups.leaders if groups else None}[group_name]
     size = dist.get_world_size(group) if group is not None else dist.get_world_size()
@@ -338,9 +344,9 @@ class _Idle:
         return Handle()
 
 
-def predictions(*, shapes, plan, topology, variant, world_link, intra_link=None,
+def predictions(*, shapes, plan, topology, variant, world_link, chunk_mb, intra_link=None,
                 inter_link=None) -> dict:
-    from comms.cost_model import ClusterShape, allreduce_s, ring_s
+    from comms.cost_model import ClusterShape, pipeline_s, ring_s
     world = topology.world_size
     tensor_bytes = [4 * torch.Size(s).numel() for s in shapes]
     intra, inter = intra_link or world_link, inter_link or world_link
@@ -349,13 +355,16 @@ def predictions(*, shapes, plan, topology, variant, world_link, intra_link=None,
     algorithm = "hierarchical_2d" if variant == "2d" else "hierarchical"
     flat_link = inter if topology.num_nodes > 1 else intra
     bucket_bytes = [b.nbytes for b in plan.buckets]
+    # The hierarchical sync streams every bucket's chunks through one stage pipeline.
+    chunk = chunk_mb * 2**20
+    chunks = [part for b in bucket_bytes
+              for part in [chunk] * int(b // chunk) + ([b % chunk] if b % chunk else [])]
     return {
         "per_tensor_ms": sum(ring_s(nbytes=b, num_ranks=world, link=flat_link)
                              for b in tensor_bytes) * 1e3,
         "fused_ms": sum(ring_s(nbytes=b, num_ranks=world, link=flat_link)
                         for b in bucket_bytes) * 1e3,
-        "hierarchical_ms": sum(allreduce_s(algorithm, nbytes=b, cluster=cluster)
-                               for b in bucket_bytes) * 1e3,
+        "hierarchical_ms": pipeline_s(algorithm, chunks=chunks, cluster=cluster) * 1e3,
         "flat_floor_ms": ring_s(nbytes=sum(tensor_bytes), num_ranks=world, link=flat_link) * 1e3,
     }
 
@@ -378,6 +387,7 @@ def rank_main(args: argparse.Namespace) -> None:
               "hierarchical_variant": choose_variant(requested=args.variant, topology=topology,
                                                     backend="gloo"),
               "threshold_mb": args.threshold_mb, "segments": args.segments,
+              "chunk_mb": args.chunk_mb,
               "repeats": args.repeats, "threads": args.threads,
               "emulate_hosts": args.emulate_hosts, "rate_mbit": args.rate_mbit,
               "delay_ms": args.delay_ms, "gradient_mb": sum(4 * torch.Size(s).numel()
@@ -409,6 +419,7 @@ def rank_main(args: argparse.Namespace) -> None:
                              for k, v in cal.items()}
     result["predicted"] = predictions(shapes=shapes, plan=plan, variant=result["hierarchical_variant"],
                                       topology=topology, world_link=world_cal["link"],
+                                      chunk_mb=args.chunk_mb,
                                       intra_link=intra_link, inter_link=inter_link)
     result["predicted_over_measured"] = {
         k: result["predicted"][k] / result["measured"][k] for k in result["predicted"]}

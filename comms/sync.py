@@ -138,7 +138,8 @@ class FusedSync:
         variant = choose_variant(requested=self.config.variant, topology=topology,
                                  backend=str(dist.get_backend()))
         self.groups = build_groups(topology, cross=variant == "2d")
-        return HierarchicalAllreduce(self.groups, variant=variant)
+        return HierarchicalAllreduce(self.groups, variant=variant,
+                                      chunk_mb=self.config.pipeline_chunk_mb)
 
     # ---- the loop's interface -------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:

@@ -25,16 +25,22 @@ def _allreduce_all_ways(rank, world_size, node_keys):
     topology = discover_topology(ranks_per_node=None, node_key=node_keys[rank])
     algorithms = {"flat": FlatAllreduce()}
     groups = build_groups(topology, cross=topology.is_uniform)
-    algorithms["reduce_bcast"] = HierarchicalAllreduce(groups, variant="reduce_bcast")
-    if topology.is_uniform:
-        algorithms["2d"] = HierarchicalAllreduce(groups, variant="2d")
+    variants = ["reduce_bcast", "2d"] if topology.is_uniform else ["reduce_bcast"]
+    for variant in variants:
+        algorithms[variant] = HierarchicalAllreduce(groups, variant=variant)
+        # 10 KB chunks: the 65537-element buffer crosses the pipeline in 26 pieces.
+        algorithms[f"{variant}-chunked"] = HierarchicalAllreduce(groups, variant=variant,
+                                                                 chunk_mb=0.01)
     out = {"nodes": topology.nodes}
     for name, algorithm in algorithms.items():
         tensors = rank_tensors(rank)
-        if name == "2d":  # the sync pads buffers to a multiple of ranks per node
+        if name.startswith("2d"):  # the sync pads buffers to a multiple of ranks per node
             size = len(topology.nodes[0])
             tensors = [torch.cat([t, t.new_zeros(-len(t) % size)]) for t in tensors]
-        algorithm.launch(tensors).wait()
+        # Two launches in flight at once, as the sync's segments are.
+        handles = [algorithm.launch(tensors[:3]), algorithm.launch(tensors[3:])]
+        for handle in handles:
+            handle.wait()
         out[name] = [t[:n].clone() for t, n in zip(tensors, SIZES, strict=True)]
         algorithm.close()
     return out
@@ -51,7 +57,7 @@ def test_every_algorithm_equals_the_float64_sum(node_keys):
     expected = reference_sums(world_size)
     assert len(results[0]["nodes"]) == len(set(node_keys))
     names = [name for name in results[0] if name != "nodes"]
-    assert {"flat", "reduce_bcast"} <= set(names)
+    assert {"flat", "reduce_bcast", "reduce_bcast-chunked"} <= set(names)
     for rank, result in enumerate(results):
         for name in names:
             for got, want in zip(result[name], expected, strict=True):

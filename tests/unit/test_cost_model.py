@@ -12,6 +12,7 @@ from comms.cost_model import (
     calibrate_ring,
     choose_plan,
     choose_split,
+    fit_latency_bandwidth,
     fit_line,
     ring_s,
     simulate,
@@ -69,6 +70,23 @@ def test_calibration_recovers_alpha_and_beta():
     assert fit_line(sizes_bytes=[1, 2, 3], times_s=[5.0, 4.0, 3.0])[1] == 0.0  # never negative
 
 
+def test_calibration_follows_the_large_messages_past_a_burst_knee():
+    # A token-bucket link: the first 512 KB pass at once, the rest at 1 Gbit/s (the
+    # emulated hosts' tbf). The fused buckets are MBs, so their slope must be the link's.
+    sizes = [1024 * 4**k for k in range(9)]  # 1 KB .. 64 MB
+    beta, c0 = 8e-9, 4e-3
+    times = [c0 + beta * max(0, m - 512 * 1024) for m in sizes]
+    fitted_c0, fitted_c1 = fit_latency_bandwidth(sizes_bytes=sizes, times_s=times)
+    assert fitted_c0 == pytest.approx(c0, rel=0.05)
+    assert fitted_c1 == pytest.approx(beta, rel=0.02)
+    big = 100e6
+    want = c0 + beta * (big - 512 * 1024)
+    assert fitted_c0 + fitted_c1 * big == pytest.approx(want, rel=0.02)
+    # One line in relative error over every size bends to the knee.
+    line_c0, line_c1 = fit_line(sizes_bytes=sizes, times_s=times)
+    assert line_c0 + line_c1 * big < 0.9 * want
+
+
 def test_bucket_ready_follows_reverse_registration_order():
     buckets = plan_buckets(numels=[10, 10, 10, 10], element_sizes=[1] * 4, dtypes=["x"] * 4,
                            threshold_bytes=20)
@@ -109,3 +127,21 @@ def test_choose_plan_ranks_plans_and_reports_efficiency():
     assert 0 < best.efficiency <= 1 and best.step_s >= best.forward_s + best.backward_s
     assert math.isclose(best.efficiency, (0.005 + 0.0101) / best.step_s)
     assert best.describe()["algorithm"] in ("ring", "tree", "hierarchical", "hierarchical_2d")
+
+
+def test_chunked_hierarchical_is_a_pipeline_of_its_stages():
+    cluster = ClusterShape(num_nodes=2, ranks_per_node=2,
+                           intra=Link(alpha_s=1e-4, beta_s_per_byte=1e-10),
+                           inter=Link(alpha_s=1e-4, beta_s_per_byte=8e-9))
+    m = 100e6
+    whole = allreduce_s("hierarchical", nbytes=m, cluster=cluster)
+    chunked = allreduce_s("hierarchical", nbytes=m, cluster=cluster, chunk_bytes=m / 50)
+    # By hand: fill with the first chunk's intra stages, then 50 chunks through the
+    # slowest stage (the leaders' ring), with plain float arithmetic.
+    c = m / 50
+    reduce_bcast = 1e-4 + 1e-10 * c
+    across = 2 * 1e-4 + 2 * 8e-9 * c / 2
+    assert chunked == pytest.approx(reduce_bcast + 50 * across + reduce_bcast, rel=1e-9)
+    assert chunked < whole
+    # A buffer within one chunk is the unpipelined sum.
+    assert allreduce_s("hierarchical", nbytes=m, cluster=cluster, chunk_bytes=2 * m) == whole

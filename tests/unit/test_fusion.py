@@ -87,3 +87,24 @@ def test_grads_are_views_into_persistent_flat_buffers():
         assert p.grad.data_ptr() == buffers.views[index].data_ptr()
         torch.testing.assert_close(p.grad, expected[index], rtol=0, atol=0)
     assert plan.describe()["num_buckets"] == len(plan.buckets)
+
+
+def test_pipeline_chunks_are_views_that_cover_the_buffer():
+    from comms.allreduce import split_chunks
+
+    flat = torch.arange(1000, dtype=torch.float32)
+    chunks = split_chunks(flat, max_bytes=4 * 300, multiple=4)
+    assert [c.numel() for c in chunks] == [300, 300, 300, 100]
+    assert all(c.data_ptr() == flat[300 * i:].data_ptr() for i, c in enumerate(chunks))
+    assert torch.equal(torch.cat(chunks), flat)
+    # Rounded down to the multiple (2d shards), never below it; a buffer that fits is whole.
+    assert [c.numel() for c in split_chunks(flat, max_bytes=4 * 30, multiple=8)][:2] == [24, 24]
+    assert [c.numel() for c in split_chunks(flat[:16], max_bytes=1, multiple=8)] == [8, 8]
+    assert split_chunks(flat, max_bytes=4e6)[0] is flat
+
+
+def test_bad_pipeline_chunk_names_the_key():
+    from comms.config import CommsConfig
+
+    with pytest.raises(ValueError, match="comms.pipeline_chunk_mb"):
+        CommsConfig(name="hierarchical", pipeline_chunk_mb=0).validate()
