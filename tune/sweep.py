@@ -7,8 +7,14 @@ from __future__ import annotations
 
 from launch.config import Config
 from tune.runner import METRIC, StagePlan, best_trial, print_reused, run_stage, storage_for
-from tune.stages import (coarse_grid, fine_grid, grid_trials, lattice_grid, neighbour_warmups,
-                         split_known_trials)
+from tune.stages import (
+    coarse_grid,
+    fine_grid,
+    grid_trials,
+    lattice_grid,
+    neighbour_warmups,
+    split_known_trials,
+)
 
 
 def run_sweep(config: Config) -> dict:

@@ -4,8 +4,15 @@ import math
 
 import pytest
 
-from tune.stages import (coarse_grid, fine_grid, grid_trials, lattice_grid, log_grid,
-                         neighbour_warmups, split_known_trials)
+from tune.stages import (
+    coarse_grid,
+    fine_grid,
+    grid_trials,
+    lattice_grid,
+    log_grid,
+    neighbour_warmups,
+    split_known_trials,
+)
 
 ROOT2 = 2 ** 0.5
 
