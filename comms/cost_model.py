@@ -27,6 +27,8 @@ import numpy as np
 from comms.fusion import MB, plan_buckets
 
 ALGORITHMS = ("ring", "tree", "hierarchical", "hierarchical_2d")
+# Pipeline chunk sizes (MB) the plan tries for the hierarchical algorithms.
+CHUNKS_MB = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class PlanChoice:
     step_s: float
     comm_alone_s: float  # all buckets back to back, no overlap
     efficiency: float  # compute-only step / predicted step
+    chunk_mb: float | None = None  # hierarchical: pipeline chunk (comms.pipeline_chunk_mb)
 
     def describe(self) -> dict:
         return asdict(self)
@@ -241,29 +244,50 @@ class PlanChoice:
 
 def choose_plan(*, tensor_bytes: Sequence[int], tensor_backward_s: Sequence[float],
                 forward_s: float, cluster: ClusterShape, thresholds_mb: Sequence[float],
-                max_segments: int, algorithms: Sequence[str] = ALGORITHMS) -> list[PlanChoice]:
-    """Every (algorithm, threshold) with its best split, fastest step first."""
+                max_segments: int, algorithms: Sequence[str] = ALGORITHMS,
+                chunks_mb: Sequence[float] = CHUNKS_MB) -> list[PlanChoice]:
+    """Every (algorithm, threshold, pipeline chunk) with its best split, fastest step
+    first. Chunks apply to the hierarchical algorithms only, and only those below the
+    threshold (a bucket within one chunk is not pipelined): small chunks overlap the
+    stages, but each costs the leaders' ring its 2(N-1) latencies again."""
     backward_s = float(sum(tensor_backward_s))
     choices = []
     for algorithm in algorithms:
         if algorithm == "hierarchical_2d" and cluster.ranks_per_node == 1:
             continue
-        comm = _memo(lambda nbytes, a=algorithm: allreduce_s(a, nbytes=nbytes, cluster=cluster))
         for threshold_mb in thresholds_mb:
-            buckets = plan_buckets(numels=list(tensor_bytes), element_sizes=[1] * len(tensor_bytes),
-                                   dtypes=["x"] * len(tensor_bytes),
-                                   threshold_bytes=int(threshold_mb * MB))
-            sizes = [b.nbytes for b in buckets]
-            ready = bucket_ready_s(tensor_backward_s=tensor_backward_s, buckets=buckets)
-            splits, end = choose_split(ready_s=ready, bucket_bytes=sizes, comm_s=comm,
-                                       num_segments=max_segments)
-            step = forward_s + max(backward_s, end)
-            choices.append(PlanChoice(
-                algorithm=algorithm, threshold_mb=threshold_mb, splits=tuple(splits),
-                num_buckets=len(buckets), forward_s=forward_s, backward_s=backward_s,
-                comm_end_s=end, step_s=step, comm_alone_s=sum(comm(s) for s in sizes),
-                efficiency=(forward_s + backward_s) / step))
+            chunks = [None]
+            if algorithm.startswith("hierarchical"):
+                chunks += [c for c in chunks_mb if c < threshold_mb]
+            for chunk_mb in chunks:
+                choices.append(_plan_choice(
+                    algorithm=algorithm, threshold_mb=threshold_mb, chunk_mb=chunk_mb,
+                    tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
+                    forward_s=forward_s, backward_s=backward_s, cluster=cluster,
+                    max_segments=max_segments))
     return sorted(choices, key=lambda c: c.step_s)
+
+
+def _plan_choice(*, algorithm: str, threshold_mb: float, chunk_mb: float | None,
+                 tensor_bytes: Sequence[int], tensor_backward_s: Sequence[float],
+                 forward_s: float, backward_s: float, cluster: ClusterShape,
+                 max_segments: int) -> PlanChoice:
+    chunk_bytes = chunk_mb * MB if chunk_mb is not None else None
+    comm = _memo(lambda nbytes: allreduce_s(algorithm, nbytes=nbytes, cluster=cluster,
+                                            chunk_bytes=chunk_bytes))
+    buckets = plan_buckets(numels=list(tensor_bytes), element_sizes=[1] * len(tensor_bytes),
+                           dtypes=["x"] * len(tensor_bytes),
+                           threshold_bytes=int(threshold_mb * MB))
+    sizes = [b.nbytes for b in buckets]
+    ready = bucket_ready_s(tensor_backward_s=tensor_backward_s, buckets=buckets)
+    splits, end = choose_split(ready_s=ready, bucket_bytes=sizes, comm_s=comm,
+                               num_segments=max_segments)
+    step = forward_s + max(backward_s, end)
+    return PlanChoice(
+        algorithm=algorithm, threshold_mb=threshold_mb, splits=tuple(splits),
+        num_buckets=len(buckets), forward_s=forward_s, backward_s=backward_s,
+        comm_end_s=end, step_s=step, comm_alone_s=sum(comm(s) for s in sizes),
+        efficiency=(forward_s + backward_s) / step, chunk_mb=chunk_mb)
 
 
 def _memo(fn: Callable[[float], float]) -> Callable[[float], float]:

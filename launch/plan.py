@@ -4,7 +4,7 @@ Usage:
     python launch/plan.py --experiment resnet50_imagenet_64k [link options]
     python launch/plan.py --gpus 1024 --gpus-per-node 8 --model resnet50 \
         [--intra-gbps 1200 --intra-latency-us 2 --inter-gbps 100 --inter-latency-us 10] \
-        [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--json PATH]
+        [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--chunk-mb 4] [--json PATH]
 
 The model's per-tensor backward times are measured here on the CPU (hooks; the shape of
 the distribution) and scaled so forward + backward take batch_per_gpu / img_per_sec, the
@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="max segments (comms.segments; default 2)")
     ap.add_argument("--profile-image-size", type=int, default=112,
                     help="image side for the CPU backward profile")
+    ap.add_argument("--chunk-mb", type=float, default=None,
+                    help="comms.pipeline_chunk_mb to assume (default: the plan picks one)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     recipe = recipe_settings(args.experiment) if args.experiment else {}
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, recipe.get(key, default))
     if args.gpus is None:
         ap.error("give --gpus or --experiment")
+    if args.chunk_mb is not None and args.chunk_mb <= 0:
+        ap.error(f"--chunk-mb must be > 0, got {args.chunk_mb}")
     if args.gpus < 1 or args.gpus_per_node < 1 or args.gpus % args.gpus_per_node:
         ap.error("--gpus must be a positive multiple of --gpus-per-node")
     return args
@@ -108,7 +112,8 @@ def plan(args: argparse.Namespace) -> dict:
         inter=Link.from_bandwidth(latency_us=args.inter_latency_us, gbit_per_s=args.inter_gbps))
     choices = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
                           forward_s=forward_s, cluster=cluster, thresholds_mb=THRESHOLDS_MB,
-                          max_segments=args.segments)
+                          max_segments=args.segments,
+                          **({"chunks_mb": [args.chunk_mb]} if args.chunk_mb else {}))
     per_tensor = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
                              forward_s=forward_s, cluster=cluster, thresholds_mb=[1e-6],
                              max_segments=len(tensor_bytes), algorithms=["ring"])[0]
@@ -125,17 +130,20 @@ def print_plan(result: dict) -> None:
     print(f"{result['model']} on {result['gpus']} GPUs ({result['gpus_per_node']} per node): "
           f"{result['num_tensors']} gradient tensors, {result['gradient_mb']:.1f} MB, "
           f"compute {result['compute_ms']:.1f} ms/step")
-    print(f"{'algorithm':<16} {'threshold MB':>12} {'buckets':>7} {'segments':>8} "
-          f"{'comm alone ms':>13} {'step ms':>8} {'efficiency':>10}")
+    print(f"{'algorithm':<16} {'threshold MB':>12} {'chunk MB':>8} {'buckets':>7} "
+          f"{'segments':>8} {'comm alone ms':>13} {'step ms':>8} {'efficiency':>10}")
     rows = [*result["best_per_algorithm"].values(), result["per_tensor_ring"]]
     for row in rows:
         name = row["algorithm"] if row is not result["per_tensor_ring"] else "ring/per-tensor"
-        print(f"{name:<16} {row['threshold_mb']:>12g} {row['num_buckets']:>7} "
+        chunk = f"{row['chunk_mb']:g}" if row["chunk_mb"] else "whole"
+        print(f"{name:<16} {row['threshold_mb']:>12g} {chunk:>8} {row['num_buckets']:>7} "
               f"{len(row['splits']) + 1:>8} {row['comm_alone_s'] * 1e3:>13.2f} "
               f"{row['step_s'] * 1e3:>8.2f} {row['efficiency']:>10.1%}")
     chosen = result["chosen"]
+    chunk = (f"comms.pipeline_chunk_mb={chosen['chunk_mb']:g}, " if chosen["chunk_mb"]
+             else "")
     print(f"chosen: {chosen['algorithm']}, comms.fusion_threshold_mb={chosen['threshold_mb']:g}, "
-          f"segments split at buckets {list(chosen['splits'])}; predicted scaling efficiency "
+          f"{chunk}segments split at buckets {list(chosen['splits'])}; predicted scaling efficiency "
           f"{chosen['efficiency']:.1%} (step {chosen['step_s'] * 1e3:.2f} ms vs compute "
           f"{result['compute_ms']:.2f} ms)")
 

@@ -145,3 +145,34 @@ def test_chunked_hierarchical_is_a_pipeline_of_its_stages():
     assert chunked < whole
     # A buffer within one chunk is the unpipelined sum.
     assert allreduce_s("hierarchical", nbytes=m, cluster=cluster, chunk_bytes=2 * m) == whole
+
+
+def _best_hierarchical_chunk(*, num_nodes: int, inter_latency_us: float):
+    cluster = ClusterShape(num_nodes=num_nodes, ranks_per_node=2,
+                           intra=Link.from_bandwidth(latency_us=100, gbit_per_s=40),
+                           inter=Link.from_bandwidth(latency_us=inter_latency_us, gbit_per_s=1))
+    choices = choose_plan(tensor_bytes=[4 * 2**20] * 25, tensor_backward_s=[1e-3] * 25,
+                          forward_s=0.01, cluster=cluster, thresholds_mb=[25],
+                          max_segments=2, algorithms=["hierarchical"])
+    assert {c.chunk_mb for c in choices} == {None, 1, 2, 4, 8, 16}  # below the threshold
+    return choices[0].chunk_mb
+
+
+def test_plan_pipelines_a_bandwidth_bound_link_and_not_a_latency_bound_one():
+    # 2 nodes on a slow link: chunks hide the intra-node stages behind the transfer.
+    assert _best_hierarchical_chunk(num_nodes=2, inter_latency_us=10) is not None
+    # 64 nodes at 20 ms: every chunk pays the leaders' ring 126 latencies; whole buckets win.
+    assert _best_hierarchical_chunk(num_nodes=64, inter_latency_us=20_000) is None
+
+
+def test_plan_command_rejects_a_bad_chunk(capsys, monkeypatch):
+    import sys
+
+    # The script replaces sys.path[0] when imported; keep the test session's path.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    from launch.plan import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--gpus", "16", "--chunk-mb", "0"])
+    assert "--chunk-mb must be > 0" in capsys.readouterr().err
+    assert parse_args(["--gpus", "16"]).chunk_mb is None  # the plan picks one
