@@ -26,9 +26,11 @@ figures (hierarchical: its chunks through the stage pipeline).
 
 --emulate-hosts H puts the ranks of each emulated host in its own network namespace; the
 namespaces are joined through a private switch namespace by veth pairs whose egress is
-shaped by tc (tbf for --rate-mbit, netem for --delay-ms). Needs root and the kernel's
-qdiscs; it stops with a message saying what is missing otherwise. Addresses are private
-10.213.0.x inside those namespaces only; nothing is reachable from outside.
+shaped by tc (tbf for --rate-mbit). --delay-ms uses tc netem where the kernel has it;
+otherwise the switch is benchmarks/delay_relay.py, a user-space switch that holds every
+frame D ms (the result's `delay_via` says which). Needs root; it stops with a message
+saying what is missing otherwise. Addresses are private 10.213.0.x inside those
+namespaces only; nothing is reachable from outside.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--host-index", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.delay_ms < 0 or args.rate_mbit < 0:
+        ap.error("--delay-ms and --rate-mbit must be >= 0")
+    if args.delay_ms and not args.emulate_hosts:
+        ap.error("--delay-ms needs --emulate-hosts")
     if args.emulate_hosts and args.workers % args.emulate_hosts:
         ap.error("--workers must be a multiple of --emulate-hosts")
     return args
@@ -125,14 +131,19 @@ def launch(args: argparse.Namespace, argv: list[str]) -> dict:
                 hosts.destroy()
         if any(codes):
             raise SystemExit(f"a rank failed: exit codes {codes}")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        result["delay_via"] = hosts.delay_via if hosts else None
+        return result
 
 
 class EmulatedHosts:
-    """Network namespaces, one per emulated host, joined by a bridge in a switch namespace."""
+    """Network namespaces, one per emulated host, joined in a switch namespace by a bridge,
+    or by benchmarks/delay_relay.py when --delay-ms is asked of a kernel without netem."""
 
     def __init__(self, args: argparse.Namespace):
         self.args, self.tag = args, f"rlc{os.getpid() % 100000}"
+        self.delay_via: str | None = None
+        self.relay: subprocess.Popen | None = None
 
     def namespace(self, host: int) -> str:
         return f"{self.tag}h{host}"
@@ -148,22 +159,53 @@ class EmulatedHosts:
             raise SystemExit("--emulate-hosts needs root (ip netns, tc)")
         switch = f"{self.tag}sw"
         self._ip("netns", "add", switch)
-        self._ip("-n", switch, "link", "add", "br0", "type", "bridge")
-        self._ip("-n", switch, "link", "set", "br0", "up")
+        self.delay_via = ("netem" if self._kernel_has_netem() else "relay") \
+            if self.args.delay_ms else None
+        if self.delay_via != "relay":
+            self._ip("-n", switch, "link", "add", "br0", "type", "bridge")
+            self._ip("-n", switch, "link", "set", "br0", "up")
         for host in range(self.args.emulate_hosts):
             ns, dev, peer = self.namespace(host), self.interface(host), f"{self.tag}p{host}"
             self._ip("netns", "add", ns)
             self._ip("link", "add", dev, "netns", ns, "type", "veth", "peer", "name", peer,
                      "netns", switch)
-            self._ip("-n", switch, "link", "set", peer, "master", "br0", "up")
+            if self.delay_via == "relay":
+                self._ip("-n", switch, "link", "set", peer, "up")
+            else:
+                self._ip("-n", switch, "link", "set", peer, "master", "br0", "up")
             self._ip("-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", dev)
             self._ip("-n", ns, "link", "set", dev, "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
             self._shape(ns, dev)
+        if self.delay_via == "relay":
+            self._start_relay(switch)
+
+    def _kernel_has_netem(self) -> bool:
+        """Try a netem qdisc on a throwaway veth in the switch namespace."""
+        switch = f"{self.tag}sw"
+        self._ip("-n", switch, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
+        done = subprocess.run(["ip", "netns", "exec", switch, "tc", "qdisc", "add", "dev",
+                               "probe0", "root", "netem", "delay", "1ms"],
+                              capture_output=True, text=True)
+        self._ip("-n", switch, "link", "del", "probe0")
+        return done.returncode == 0
+
+    def _start_relay(self, switch: str) -> None:
+        """No netem: the switch is benchmarks/delay_relay.py, which holds every frame
+        --delay-ms before forwarding it."""
+        ports = [f"{self.tag}p{host}" for host in range(self.args.emulate_hosts)]
+        self.relay = subprocess.Popen(
+            ["ip", "netns", "exec", switch, sys.executable, str(REPO / "benchmarks" /
+             "delay_relay.py"), "--delay-ms", str(self.args.delay_ms), *ports],
+            stdout=subprocess.PIPE, text=True)
+        line = self.relay.stdout.readline().strip()
+        if line != "ready":
+            self.relay.kill()
+            raise SystemExit(f"--emulate-hosts: the delay relay did not start ({line!r})")
 
     def _shape(self, ns: str, dev: str) -> None:
         rate, delay = self.args.rate_mbit, self.args.delay_ms
-        if delay:
+        if delay and self.delay_via == "netem":
             spec = ["netem", "delay", f"{delay}ms"] + (["rate", f"{rate}mbit"] if rate else [])
         elif rate:
             # tbf: burst must hold at least one timer tick of data at this rate.
@@ -174,12 +216,13 @@ class EmulatedHosts:
         done = subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev,
                                "root", *spec], capture_output=True, text=True)
         if done.returncode:
-            what = "netem (needed by --delay-ms)" if delay else "tbf (needed by --rate-mbit)"
-            raise SystemExit(f"--emulate-hosts: the kernel refused tc qdisc {what}: "
-                             f"{done.stderr.strip()}. Use --delay-ms 0 (rate only) or a kernel "
-                             "with sch_netem.")
+            raise SystemExit(f"--emulate-hosts: the kernel refused tc qdisc {spec[0]}: "
+                             f"{done.stderr.strip()}")
 
     def destroy(self) -> None:
+        if self.relay is not None:
+            self.relay.terminate()
+            self.relay.wait()
         for host in range(self.args.emulate_hosts):
             subprocess.run(["ip", "netns", "del", self.namespace(host)], capture_output=True)
         subprocess.run(["ip", "netns", "del", f"{self.tag}sw"], capture_output=True)
