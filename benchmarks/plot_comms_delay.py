@@ -39,7 +39,8 @@ def plot(runs: list[dict], *, out: Path) -> None:
                           label=case.removesuffix("_ms"))
         left.plot(delays, [run["predicted"][case] for run in runs], "--",
                   color=line.get_color(), alpha=0.6)
-    left.set(xlabel="one-way link delay (ms)", ylabel="ms (dashed: cost model)",
+    left.set_yscale("log")
+    left.set(xlabel="one-way link delay (ms)", ylabel="ms, log scale (dashed: cost model)",
              title=f"{runs[0]['workers']} ranks on {runs[0]['emulate_hosts']} emulated hosts, "
                    f"{runs[0]['rate_mbit']:g} Mbit/s")
     left.legend()
