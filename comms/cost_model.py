@@ -64,6 +64,18 @@ def ring_s(*, nbytes: float, num_ranks: int, link: Link) -> float:
                                          + (p - 1) * link.gamma_s_per_byte) * nbytes / p
 
 
+def launched_together_s(*, sizes_bytes: Sequence[float], num_ranks: int, link: Link,
+                        concurrency: int) -> float:
+    """Ring allreduces launched at once on a backend that runs `concurrency` of them at a
+    time (gloo: its worker threads, 2 by default). Their bytes share the link, so the
+    bandwidth terms add up; their 2(P-1) message latencies overlap `concurrency` ways."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    latency = 2 * (num_ranks - 1) * link.alpha_s if num_ranks > 1 else 0.0
+    total = sum(ring_s(nbytes=m, num_ranks=num_ranks, link=link) for m in sizes_bytes)
+    return total - latency * len(sizes_bytes) * (1 - 1 / concurrency)
+
+
 def tree_s(*, nbytes: float, num_ranks: int, link: Link) -> float:
     steps = math.ceil(math.log2(num_ranks)) if num_ranks > 1 else 0
     return 2 * steps * link.alpha_s + steps * (2 * link.beta_s_per_byte

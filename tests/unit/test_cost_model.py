@@ -176,3 +176,20 @@ def test_plan_command_rejects_a_bad_chunk(capsys, monkeypatch):
         parse_args(["--gpus", "16", "--chunk-mb", "0"])
     assert "--chunk-mb must be > 0" in capsys.readouterr().err
     assert parse_args(["--gpus", "16"]).chunk_mb is None  # the plan picks one
+
+
+def test_launched_together_overlaps_latencies_not_bytes():
+    from comms.cost_model import launched_together_s
+
+    link = Link(alpha_s=1e-3, beta_s_per_byte=1e-8)
+    sizes = [1e3, 1e5, 1e7]
+    p = 4
+    alone = [2 * (p - 1) * 1e-3 + 2 * (p - 1) / p * 1e-8 * m for m in sizes]
+    assert launched_together_s(sizes_bytes=sizes, num_ranks=p, link=link,
+                               concurrency=1) == pytest.approx(sum(alone), rel=1e-12)
+    # Two at a time: the three messages' 6 latencies each overlap in pairs.
+    want = sum(alone) - 3 * 6e-3 / 2
+    assert launched_together_s(sizes_bytes=sizes, num_ranks=p, link=link,
+                               concurrency=2) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match="concurrency"):
+        launched_together_s(sizes_bytes=sizes, num_ranks=p, link=link, concurrency=0)
