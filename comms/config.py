@@ -36,8 +36,9 @@ class CommsConfig:
     split: str = "auto"
     # Hierarchical only: its stages pipeline over chunks of at most this many MB, so the
     # intra-node reduce and broadcast of one chunk overlap the inter-node allreduce of
-    # others (BENCHMARKS.md: 2 emulated hosts, the 25 MB buckets whole took 0.74x flat,
-    # in 2 MB chunks 0.67x, the leaders' transfer alone).
+    # others (BENCHMARKS.md, 2 emulated hosts at 1 Gbit/s: 0.73-0.78x flat before, 0.69x
+    # with 4 MB chunks; the leaders' transfer alone is 0.66x). Many nodes make each chunk
+    # pay the leaders' ring latency: launch/plan.py picks a size for a large cluster.
     pipeline_chunk_mb: float = 4.0
 
     def validate(self) -> None:

@@ -172,6 +172,10 @@ def _warn_ignored(config: Config) -> None:
                 "(DDP overlaps per bucket and has no hierarchy)",
                 stacklevel=3,
             )
+    if (config.comms.name != "hierarchical"
+            and config.comms.pipeline_chunk_mb != defaults.pipeline_chunk_mb):
+        warnings.warn(f"comms.pipeline_chunk_mb is ignored by comms={config.comms.name} "
+                      "(only comms=hierarchical has stages to pipeline)", stacklevel=3)
     trainer, trainer_defaults = config.trainer, TrainerConfig()
     if trainer.min_workers is not None and trainer.num_workers != trainer_defaults.num_workers:
         warnings.warn("trainer.num_workers is ignored when trainer.min_workers/max_workers "

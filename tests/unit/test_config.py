@@ -78,6 +78,8 @@ def test_unknown_group_option_is_rejected():
 def test_ignored_setting_warns():
     with pytest.warns(UserWarning, match="data.path"):
         compose(["data.path=/tmp/x"])
+    with pytest.warns(UserWarning, match="comms.pipeline_chunk_mb is ignored by comms=fused"):
+        compose(["comms=fused", "comms.pipeline_chunk_mb=2"])
 
 
 def test_resume_from_must_be_a_checkpoint_with_epochs_left(tmp_path):
