@@ -49,7 +49,6 @@ class DelaySwitch:
         self.queues = [collections.deque() for _ in ports]
         self.ready = [threading.Condition() for _ in ports]
         self.where: dict[bytes, int] = {}  # MAC -> port index
-        self.frames = 0
 
     def start(self) -> None:
         for index in range(len(self.sockets)):
@@ -89,7 +88,6 @@ class DelaySwitch:
             if wait > 0:
                 time.sleep(wait)
             sock.send(frame)
-            self.frames += 1
 
 
 def main(argv: list[str] | None = None) -> None:
