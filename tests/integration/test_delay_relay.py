@@ -49,6 +49,11 @@ CLIENT = textwrap.dedent("""
 def emulated_hosts(monkeypatch):
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
         pytest.skip("emulated hosts need root, ip and tc")
+    probe = f"rlcprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode:  # e.g. a container without CAP_SYS_ADMIN
+        pytest.skip(f"cannot create network namespaces: {made.stderr.strip()}")
+    subprocess.run(["ip", "netns", "del", probe], check=True)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the script replaces sys.path[0]
     from benchmarks.comms import EmulatedHosts
 
