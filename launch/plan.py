@@ -4,7 +4,7 @@ Usage:
     python launch/plan.py --experiment resnet50_imagenet_64k [link options]
     python launch/plan.py --gpus 1024 --gpus-per-node 8 --model resnet50 \
         [--intra-gbps 1200 --intra-latency-us 2 --inter-gbps 100 --inter-latency-us 10] \
-        [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--chunk-mb 4] [--json PATH]
+        [--img-per-sec 2470 --batch-per-gpu 64] [--grad-bytes 2] [--segments 2] [--chunk-mb C] [--json PATH]
 
 The model's per-tensor backward times are measured here on the CPU (hooks; the shape of
 the distribution) and scaled so forward + backward take batch_per_gpu / img_per_sec, the
@@ -26,7 +26,13 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # replace the script's f
 
 import torch  # noqa: E402
 
-from comms.cost_model import ALGORITHMS, ClusterShape, Link, choose_plan  # noqa: E402
+from comms.cost_model import (  # noqa: E402
+    ALGORITHMS,
+    CHUNKS_MB,
+    ClusterShape,
+    Link,
+    choose_plan,
+)
 from comms.profile import profile_backward  # noqa: E402
 from trainers.models import MODEL_NAMES, build_model  # noqa: E402
 
@@ -113,7 +119,7 @@ def plan(args: argparse.Namespace) -> dict:
     choices = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
                           forward_s=forward_s, cluster=cluster, thresholds_mb=THRESHOLDS_MB,
                           max_segments=args.segments,
-                          **({"chunks_mb": [args.chunk_mb]} if args.chunk_mb else {}))
+                          chunks_mb=[args.chunk_mb] if args.chunk_mb else CHUNKS_MB)
     per_tensor = choose_plan(tensor_bytes=tensor_bytes, tensor_backward_s=tensor_backward_s,
                              forward_s=forward_s, cluster=cluster, thresholds_mb=[1e-6],
                              max_segments=len(tensor_bytes), algorithms=["ring"])[0]
