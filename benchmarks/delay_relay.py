@@ -1,7 +1,7 @@
 """A user-space Ethernet switch that delays every frame: link latency for the emulated hosts
-of benchmarks/comms.py on kernels without `sch_netem`.
+of benchmarks/comms_bench.py on kernels without `sch_netem`.
 
-Usage (root, inside the switch namespace; benchmarks/comms.py starts it):
+Usage (root, inside the switch namespace; benchmarks/emulated_hosts.py starts it):
     python benchmarks/delay_relay.py --delay-ms D PORT [PORT ...]
 
 Each PORT is the switch-side end of a veth pair. Frames are read from every port with a

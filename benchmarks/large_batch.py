@@ -1,12 +1,12 @@
 """Large-batch convergence study: what LARS, warmup and mixed precision buy (the brief's
-problem 1), on an augmented digits set written by `launch/prepare_data.py`.
+problem 1), on an augmented digits set written by `ingest.prepare`.
 
 Usage:
     python benchmarks/large_batch.py --out DIR [--copies 4] [--epochs 10]
         [--small-batch 32] [--large-batch 256] [--only NAME ...] [hydra overrides ...]
 
 Every run trains the same model for the same epochs on the same Parquet data, through
-`launch/run.py`'s path (Ray Train workers fed by the Ray Data pipeline), on one embedded
+`job.trainer.run_training` (Ray Train workers fed by the Ray Data pipeline), on one embedded
 cluster. Runs: small-batch SGD (the baseline); large-batch SGD with the LR scaled
 linearly and warmup; large-batch LARS with warmup in fp32, mixed fp16, bf16 and pure
 fp16; and LARS without the bias/BN exclusion. Writes DIR/large_batch.md (table),
@@ -16,17 +16,14 @@ DIR/large_batch.json and DIR/large_batch.png (val_top1 per epoch), and prints th
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-# Replace (not prepend) the script's folder: Ray ships the driver's script folder to its
-# workers' sys.path, where benchmarks/comms.py would shadow the comms package.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench_util import pyplot, save_figure, write_report
 
-from launch.config import compose  # noqa: E402
-from launch.job import run_training, start_ray  # noqa: E402
-from launch.prepare_data import prepare  # noqa: E402
+from ingest.prepare import prepare
+from job.config import compose
+from job.session import start_ray
+from job.trainer import run_training
 
 # The same warmup for every run; digits are 1-channel.
 COMMON = ["data=parquet", "data.channels=1", "data.mean=[0.5]", "data.std=[0.5]",
@@ -83,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
                          "curve": [r["val_top1"] for r in summary["history"]],
                          "wall_seconds": summary["wall_seconds"]}
         print(f"[large_batch] {name}: val_top1 {summary['val_top1']:.4f}", flush=True)
-        write_report(results, out=args.out, base=base, args=args)
+        report(results, out=args.out, base=base, args=args)
 
 
-def write_report(results: dict, *, out: Path, base: list[str], args) -> None:
+def report(results: dict, *, out: Path, base: list[str], args) -> None:
     lines = ["| run | batch | val_top1 | vs sgd_small (pt) | train_loss | fp16 skipped steps |",
              "|---|---|---|---|---|---|"]
     baseline = results.get("sgd_small", {}).get("val_top1")
@@ -96,20 +93,12 @@ def write_report(results: dict, *, out: Path, base: list[str], args) -> None:
         lines.append(f"| {name} | {batch} | {r['val_top1']:.4f} | {gap} | "
                      f"{r['train_loss']:.4f} | {r['skipped_steps']} |")
     lines.append(f"\n{args.epochs} epochs each; common overrides: {' '.join(base)}")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    (out / "large_batch.md").write_text(text + "\n")
-    (out / "large_batch.json").write_text(json.dumps(results, indent=2))
+    write_report(out, name="large_batch", lines=lines, data=results)
     plot_curves(results, path=out / "large_batch.png")
 
 
 def plot_curves(results: dict, *, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = pyplot().subplots(figsize=(8, 5))
     for name, r in results.items():
         ax.plot(range(1, len(r["curve"]) + 1), r["curve"], marker="o", label=name)
     ax.set_xlabel("epoch")
@@ -117,9 +106,7 @@ def plot_curves(results: dict, *, path: Path) -> None:
     ax.set_title("Large-batch study on augmented digits")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,16 @@ the report is the median milliseconds per step and the LARS/SGD ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torchvision
+from bench_util import write_json
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # replace the script's folder: Ray ships it to workers
-
-from trainers.lars import LARS, lars_param_groups  # noqa: E402
+from trainers.lars import LARS, lars_param_groups
 
 WEIGHT_DECAY = 5e-5
 
@@ -107,8 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'SGD foreach momentum':<24}{res['sgd_median_ms']:>16.2f}")
     print(f"{'ratio LARS/SGD':<24}{res['ratio']:>16.3f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        write_json(args.json, res)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Plot benchmarks/comms.py results against the emulated link latency.
+"""Plot benchmarks/comms_bench.py results against the emulated link latency.
 
 Usage:
     python benchmarks/plot_comms_delay.py --out benchmarks/figures/comms_delay.png RUN.json ...
 
-Each RUN.json is a `benchmarks/comms.py --emulate-hosts H --delay-ms D --json` result. The
+Each RUN.json is a `benchmarks/comms_bench.py --emulate-hosts H --delay-ms D --json` result. The
 figure has two panels: the measured sync times (per-tensor, fused, hierarchical, flat
 floor) against the one-way delay, and per-tensor / fused and hierarchical / fused against
 the same axis, with the cost model's predictions dashed.
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from bench_util import pyplot, save_figure
 
 CASES = ("per_tensor_ms", "fused_ms", "hierarchical_ms", "flat_floor_ms")
 
@@ -27,13 +29,8 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def plot(runs: list[dict], *, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     delays = [run["delay_ms"] for run in runs]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for case in CASES:
         line, = left.plot(delays, [run["measured"][case] for run in runs], "o-",
                           label=case.removesuffix("_ms"))
@@ -48,13 +45,11 @@ def plot(runs: list[dict], *, out: Path) -> None:
         right.plot(delays, [run["measured"][case] / run["measured"]["fused_ms"] for run in runs],
                    "o-", label=f"{case.removesuffix('_ms')} / fused")
     right.axhline(5.0, color="grey", ls=":", label="goal: per-tensor ≥ 5x fused")
-    right.axhline(0.7, color="grey", ls="-.", label="goal: hierarchical ≤ 0.7x flat")
+    right.axhline(0.7, color="grey", ls="-.", label="goal: hierarchical ≤ 0.7x ring")
     right.set(xlabel="one-way link delay (ms)", ylabel="ratio to fused",
               title="measured ratios")
     right.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> None:

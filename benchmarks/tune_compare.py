@@ -12,17 +12,15 @@ the issue: coarse-to-fine within 0.5 pt of exhaustive at <= 35% of its trial-epo
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-# Replace (not prepend) the script's folder: Ray ships the driver's script folder to its
-# workers' sys.path, where benchmarks/comms.py would shadow the comms package.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+from bench_util import pyplot, save_figure, write_report
 
-from launch.config import compose  # noqa: E402
-from launch.job import run_tune_sweep, start_ray  # noqa: E402
-from tune.plot import MARKERS  # noqa: E402
+from job.config import compose
+from job.session import start_ray
+from tune.config import compose_sweep
+from tune.plot import MARKERS
+from tune.sweep import run_tune_sweep
 
 DEFAULTS = ["trainer.num_workers=1", "trainer.epochs=5", "cluster.num_cpus=4"]
 
@@ -35,12 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     start_ray(compose(overrides))  # one cluster for both sweeps
     results = {}
     for name in ("coarse_to_fine", "exhaustive"):
-        config = compose(overrides + [f"tune={name}", f"run.output_dir={args.out / name}"], for_tune=True)
+        config = compose_sweep(overrides + [f"tune={name}", f"run.output_dir={args.out / name}"])
         results[name] = run_tune_sweep(config)
-    write_report(results, out=args.out, overrides=overrides)
+    report(results, out=args.out, overrides=overrides)
 
 
-def write_report(results: dict, *, out: Path, overrides: list[str]) -> None:
+def report(results: dict, *, out: Path, overrides: list[str]) -> None:
     c2f, full = results["coarse_to_fine"], results["exhaustive"]
     rows = {name: {"best_val_top1": r["best"]["val_top1"], "best_lr": r["best"]["lr"],
                    "best_warmup_epochs": r["best"]["warmup_epochs"],
@@ -55,22 +53,13 @@ def write_report(results: dict, *, out: Path, overrides: list[str]) -> None:
               for n, r in rows.items()]
     lines.append(f"\ncoarse-to-fine is {gap_pt:+.2f} pt below exhaustive at {100 * share:.1f}% of "
                  f"its trial-epochs (goal: <= 0.5 pt at <= 35%). Overrides: {' '.join(overrides)}")
-    text = "\n".join(lines)
-    print(text)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compare.md").write_text(text + "\n")
-    (out / "compare.json").write_text(json.dumps({"rows": rows, "gap_pt": gap_pt,
-                                                  "trial_epoch_share": share}, indent=2))
+    write_report(out, name="compare", lines=lines,
+                 data={"rows": rows, "gap_pt": gap_pt, "trial_epoch_share": share})
     plot_compare(results, path=out / "compare.png")
 
 
 def plot_compare(results: dict, *, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, (name, summary) in zip(axes, results.items(), strict=True):
         for stage in summary["stages"]:
             trials = [t for t in stage["trials"] if t["val_top1"] is not None]
@@ -84,9 +73,7 @@ def plot_compare(results: dict, *, path: Path) -> None:
                      f"{summary['total_trial_epochs']} trial-epochs")
         ax.legend(fontsize=7, loc="lower left")
     axes[0].set_ylabel("val_top1 (colour: warmup epochs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

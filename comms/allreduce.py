@@ -1,7 +1,7 @@
 """Allreduce transports over torch.distributed: process groups from a Topology, and the
 `flat` and `hierarchical` algorithms that sum a list of flat buffers asynchronously.
 
-- `flat`: one all_reduce per buffer on the whole group (gloo/nccl pick their own ring or
+- `ring`: one all_reduce per buffer on the whole group (gloo/nccl pick their own ring or
   tree); the ops run on the backend's threads/streams, so launching returns at once.
 - `hierarchical` (reduce/bcast): reduce to the node leader, allreduce among leaders,
   broadcast inside the node; only leaders cross the node boundary.
@@ -51,10 +51,6 @@ class CommGroups:
     def leader(self) -> int:
         return self.topology.leader_of(self.rank)
 
-    @property
-    def local_rank(self) -> int:
-        return self.topology.node_of(self.rank).index(self.rank)
-
 
 def build_groups(topology: Topology, *, cross: bool = False) -> CommGroups:
     """Create the subgroups; every rank must call this with the same topology, since
@@ -95,8 +91,11 @@ class Handle:
                 work.wait()
 
 
-class FlatAllreduce:
-    name = "flat"
+class RingAllreduce:
+    """One all_reduce per buffer over the whole group (`comms=fused`); the backend runs
+    its own ring (gloo) or ring/tree (nccl)."""
+
+    name = "ring"
 
     def __init__(self, *, group: dist.ProcessGroup | None = None):
         self.group = group
@@ -116,14 +115,12 @@ class HierarchicalAllreduce:
 
     def __init__(self, groups: CommGroups, *, variant: str = "reduce_bcast",
                  chunk_mb: float = 4.0):
-        if variant not in HIERARCHICAL_VARIANTS:
-            raise ValueError(f"comms.variant must be one of {', '.join(HIERARCHICAL_VARIANTS)}, "
-                             f"got {variant!r}")
+        # The schema (comms/config.py) checked the variant and chunk; the topology is
+        # known only now.
+        assert variant in HIERARCHICAL_VARIANTS and chunk_mb > 0, (variant, chunk_mb)
         if variant == "2d" and not groups.topology.is_uniform:
             raise ValueError("comms.variant=2d needs the same number of ranks on every node; "
                              f"got nodes {groups.topology.describe()['nodes']}")
-        if chunk_mb <= 0:
-            raise ValueError(f"comms.pipeline_chunk_mb must be > 0, got {chunk_mb}")
         self.groups, self.variant, self.chunk_mb = groups, variant, chunk_mb
         # 2d chunks must split evenly over the ranks of a node.
         self._multiple = len(groups.topology.nodes[0]) if variant == "2d" else 1

@@ -1,14 +1,16 @@
 """The alpha-beta-gamma cost model of allreduce, its calibration, and plan selection.
 
 Time of one allreduce of M bytes over P ranks (the brief, after Thakur et al.):
-  ring:          2(P-1) alpha + (2(P-1) beta + (P-1) gamma) M / P
+  ring:          2(P-1) alpha + (2(P-1) beta + (P-1) gamma) M / P   (one allreduce over the
+                 whole group: what comms=fused runs)
   tree:          2 ceil(log2 P) alpha + ceil(log2 P) (2 beta + gamma) M   (binomial reduce + bcast)
-  hierarchical:  tree reduce inside the node, ring among the N leaders, tree bcast inside
-  hierarchical_2d: ring reduce-scatter inside the node, ring allreduce of M/G among the N
+  reduce_bcast:  tree reduce inside the node, ring among the N leaders, tree bcast inside
+  2d:            ring reduce-scatter inside the node, ring allreduce of M/G among the N
                  ranks with the same local index (the node's NIC shared by G such rings),
                  ring allgather inside the node
-  chunked hierarchical: the three stages as a pipeline over chunks (a flow shop: a chunk
-                 enters a stage when it left the previous one and the stage is free)
+  chunked reduce_bcast / 2d (the staged algorithms of comms=hierarchical): the three stages
+                 as a pipeline over chunks (a flow shop: a chunk enters a stage when it
+                 left the previous one and the stage is free)
 alpha: seconds per message (latency), beta: seconds per byte (1/bandwidth), gamma: seconds
 per byte reduced. Calibration fits alpha and beta (gamma folded into beta) to measured times
 over sizes; selection simulates one step (backward producing gradients, segments launched
@@ -26,8 +28,11 @@ import numpy as np
 
 from comms.fusion import MB, plan_buckets
 
-ALGORITHMS = ("ring", "tree", "hierarchical", "hierarchical_2d")
-# Pipeline chunk sizes (MB) the plan tries for the hierarchical algorithms.
+ALGORITHMS = ("ring", "tree", "reduce_bcast", "2d")
+# The algorithms in three stages (inside the node, across nodes, inside again): the
+# variants of comms=hierarchical (comms.variant), which pipeline over chunks.
+STAGED = ("reduce_bcast", "2d")
+# Pipeline chunk sizes (MB) the plan tries for the staged algorithms.
 CHUNKS_MB = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
 
@@ -92,8 +97,8 @@ def _tree_half_s(*, nbytes: float, num_ranks: int, link: Link, reduce: bool) -> 
 def allreduce_s(algorithm: str, *, nbytes: float, cluster: ClusterShape,
                 chunk_bytes: float | None = None) -> float:
     """Predicted seconds for one allreduce of `nbytes` with `algorithm` on `cluster`. The
-    hierarchical algorithms with `chunk_bytes` pipeline their stages over chunks of at
-    most that size, as comms.pipeline_chunk_mb does."""
+    staged algorithms with `chunk_bytes` pipeline their stages over chunks of at most
+    that size, as comms.pipeline_chunk_mb does."""
     g, n = cluster.ranks_per_node, cluster.num_nodes
     if algorithm == "ring":
         # A node-ordered ring: every hop waits for the slowest link, and each NIC carries
@@ -102,7 +107,7 @@ def allreduce_s(algorithm: str, *, nbytes: float, cluster: ClusterShape,
         return ring_s(nbytes=nbytes, num_ranks=g * n, link=slow)
     if algorithm == "tree":
         return tree_s(nbytes=nbytes, num_ranks=g * n, link=cluster.inter if n > 1 else cluster.intra)
-    if algorithm in ("hierarchical", "hierarchical_2d"):
+    if algorithm in STAGED:
         if chunk_bytes is None or nbytes <= chunk_bytes:
             return sum(stage_s(algorithm, nbytes=nbytes, cluster=cluster))
         count = math.ceil(nbytes / chunk_bytes)
@@ -111,14 +116,14 @@ def allreduce_s(algorithm: str, *, nbytes: float, cluster: ClusterShape,
 
 
 def stage_s(algorithm: str, *, nbytes: float, cluster: ClusterShape) -> list[float]:
-    """Seconds of each stage of a hierarchical allreduce of `nbytes`: inside the node,
-    across nodes, inside the node again."""
+    """Seconds of each stage of a staged allreduce (reduce_bcast, 2d) of `nbytes`:
+    inside the node, across nodes, inside the node again."""
     g, n = cluster.ranks_per_node, cluster.num_nodes
-    if algorithm == "hierarchical":
+    if algorithm == "reduce_bcast":
         return [_tree_half_s(nbytes=nbytes, num_ranks=g, link=cluster.intra, reduce=True),
                 ring_s(nbytes=nbytes, num_ranks=n, link=cluster.inter),
                 _tree_half_s(nbytes=nbytes, num_ranks=g, link=cluster.intra, reduce=False)]
-    if algorithm == "hierarchical_2d":
+    if algorithm == "2d":
         intra = cluster.intra
         scatter = (g - 1) * intra.alpha_s + (g - 1) / g * nbytes * (
             intra.beta_s_per_byte + intra.gamma_s_per_byte)
@@ -127,7 +132,7 @@ def stage_s(algorithm: str, *, nbytes: float, cluster: ClusterShape) -> list[flo
                       beta_s_per_byte=cluster.inter.beta_s_per_byte * g,
                       gamma_s_per_byte=cluster.inter.gamma_s_per_byte)
         return [scatter, ring_s(nbytes=nbytes / g, num_ranks=n, link=shared), gather]
-    raise ValueError(f"{algorithm!r} has no stages; staged: hierarchical, hierarchical_2d")
+    raise ValueError(f"{algorithm!r} has no stages; staged: {', '.join(STAGED)}")
 
 
 def pipeline_s(algorithm: str, *, chunks: Sequence[float], cluster: ClusterShape) -> float:
@@ -159,7 +164,8 @@ def fit_line(*, sizes_bytes: Sequence[float], times_s: Sequence[float]) -> tuple
 
 def calibrate_ring(*, sizes_bytes: Sequence[float], times_s: Sequence[float],
                    num_ranks: int) -> Link:
-    """The Link whose ring formula fits measured flat-allreduce times on `num_ranks`."""
+    """The Link whose ring formula fits measured ring-allreduce times (one allreduce over
+    the whole group) on `num_ranks`."""
     if num_ranks < 2:
         raise ValueError("calibration needs at least 2 ranks")
     c0, c1 = fit_latency_bandwidth(sizes_bytes=sizes_bytes, times_s=times_s)
@@ -248,7 +254,7 @@ class PlanChoice:
     step_s: float
     comm_alone_s: float  # all buckets back to back, no overlap
     efficiency: float  # compute-only step / predicted step
-    chunk_mb: float | None = None  # hierarchical: pipeline chunk (comms.pipeline_chunk_mb)
+    chunk_mb: float | None = None  # staged: pipeline chunk (comms.pipeline_chunk_mb)
 
     def describe(self) -> dict:
         return asdict(self)
@@ -259,17 +265,17 @@ def choose_plan(*, tensor_bytes: Sequence[int], tensor_backward_s: Sequence[floa
                 max_segments: int, algorithms: Sequence[str] = ALGORITHMS,
                 chunks_mb: Sequence[float] = CHUNKS_MB) -> list[PlanChoice]:
     """Every (algorithm, threshold, pipeline chunk) with its best split, fastest step
-    first. Chunks apply to the hierarchical algorithms only, and only those below the
+    first. Chunks apply to the staged algorithms only, and only those below the
     threshold (a bucket within one chunk is not pipelined): small chunks overlap the
     stages, but each costs the leaders' ring its 2(N-1) latencies again."""
     backward_s = float(sum(tensor_backward_s))
     choices = []
     for algorithm in algorithms:
-        if algorithm == "hierarchical_2d" and cluster.ranks_per_node == 1:
+        if algorithm == "2d" and cluster.ranks_per_node == 1:
             continue
         for threshold_mb in thresholds_mb:
             chunks = [None]
-            if algorithm.startswith("hierarchical"):
+            if algorithm in STAGED:
                 chunks += [c for c in chunks_mb if c < threshold_mb]
             for chunk_mb in chunks:
                 choices.append(_plan_choice(

@@ -8,20 +8,23 @@ its fp16/bf16 compression hooks. It has no hierarchy and no cost model: those ar
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from comms.config import CommsConfig
+from comms.collectives import all_reduce_sum
+from comms.config import DDPConfig
 
 
 class DDPSync:
-    """The loop's one view of gradient communication: wrap, finish, reduce metrics."""
+    """DDP as a `comms.protocol.GradSync`."""
 
-    def __init__(self, config: CommsConfig, *, world_size: int, device: torch.device):
+    def __init__(self, config: DDPConfig, *, world_size: int, device: torch.device):
         self.config = config
         self.world_size = world_size
         self.device = device
+        self._ddp: DistributedDataParallel | None = None
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """Return the module to run forward/backward on (gradients averaged in backward)."""
@@ -40,10 +43,11 @@ class DDPSync:
             hook = {"fp16": default_hooks.fp16_compress_hook,
                     "bf16": default_hooks.bf16_compress_hook}[self.config.compress]
             ddp.register_comm_hook(state=None, hook=hook)
+        self._ddp = ddp
         return ddp
 
     def finish(self) -> None:
-        """Wait for gradient communication before the optimizer step (DDP did, in backward)."""
+        """Nothing left to wait for: DDP finished the allreduce inside backward."""
 
     def describe(self) -> dict:
         """JSON-friendly description for the run's metrics and summary (`comms`)."""
@@ -51,8 +55,13 @@ class DDPSync:
                 "fusion_threshold_mb": self.config.fusion_threshold_mb,
                 "compress": self.config.compress, "algorithm": {"algorithm": "ddp"}}
 
+    def no_sync(self):
+        """DDP's own no_sync: backward accumulates locally, the next one communicates."""
+        return self._ddp.no_sync() if self._ddp is not None else contextlib.nullcontext()
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a small metrics tensor over all workers (in place; returned for chaining)."""
-        if self.world_size > 1 and dist.is_initialized():
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
+        return all_reduce_sum(values, world_size=self.world_size)
+
+    def close(self) -> None:
+        # DDP's reducer and its hooks go with the module; drop our reference to it.
+        self._ddp = None

@@ -76,8 +76,7 @@ class FusionPlan:
 def plan_buckets(*, numels: Sequence[int], element_sizes: Sequence[int], dtypes: Sequence[str],
                  threshold_bytes: int) -> tuple[Bucket, ...]:
     """Pack tensors (given in registration order) into buckets, last-registered first."""
-    if threshold_bytes <= 0:
-        raise ValueError(f"comms.fusion_threshold_mb must be > 0, got {threshold_bytes / MB}")
+    assert threshold_bytes > 0, threshold_bytes  # the schema checked the key
     buckets: list[Bucket] = []
     current: list[int] = []
 
@@ -103,8 +102,7 @@ def plan_buckets(*, numels: Sequence[int], element_sizes: Sequence[int], dtypes:
 def balanced_segments(*, bucket_bytes: Sequence[int], num_segments: int) -> tuple[tuple[int, ...], ...]:
     """Split consecutive buckets into at most `num_segments` groups of about equal bytes
     (the default before any timing is known; `cost_model.choose_split` refines it)."""
-    if num_segments < 1:
-        raise ValueError(f"comms.segments must be >= 1, got {num_segments}")
+    assert num_segments >= 1, num_segments  # the schema checked the key
     num_buckets = len(bucket_bytes)
     num_segments = min(num_segments, num_buckets)
     cumulative = [0]

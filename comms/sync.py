@@ -21,12 +21,13 @@ from torch import nn
 
 from comms.allreduce import (
     CommGroups,
-    FlatAllreduce,
     HierarchicalAllreduce,
+    RingAllreduce,
     build_groups,
     time_allreduce,
 )
-from comms.config import CommsConfig
+from comms.collectives import all_reduce_sum
+from comms.config import FusedConfig, HierarchicalConfig
 from comms.cost_model import choose_split, fit_line
 from comms.fusion import FlatBuffers, FusionPlan, plan_for_params, segments_from_splits
 from comms.topology import Topology, topology_from_node_keys, topology_from_ranks_per_node
@@ -108,15 +109,18 @@ def broadcast_buffers(module: nn.Module) -> None:
 class FusedSync:
     """Fused, segmented, overlapped gradient allreduce (flat or hierarchical)."""
 
-    def __init__(self, config: CommsConfig, *, world_size: int, device: torch.device,
+    def __init__(self, config: FusedConfig, *, world_size: int, device: torch.device,
                  topology: Topology | None = None):
         self.config, self.world_size, self.device = config, world_size, device
+        self.hierarchical = isinstance(config, HierarchicalConfig)
+        self.variant: str | None = None  # the hierarchical variant chosen for the topology
         self.groups: CommGroups | None = None
         self.algorithm = None
         if world_size > 1:
             if not dist.is_initialized():
                 raise RuntimeError("comms=fused|hierarchical needs an initialized process group")
-            topology = topology or discover_topology(ranks_per_node=config.ranks_per_node)
+            topology = topology or discover_topology(
+                ranks_per_node=config.ranks_per_node if self.hierarchical else None)
             self.algorithm = self._build_algorithm(topology)
         self.topology = topology or Topology(nodes=((0,),))
         self.plan: FusionPlan | None = None
@@ -133,10 +137,10 @@ class FusedSync:
         self.split_source = "bytes"
 
     def _build_algorithm(self, topology: Topology):
-        if self.config.name == "fused":
-            return FlatAllreduce()
-        variant = choose_variant(requested=self.config.variant, topology=topology,
-                                 backend=str(dist.get_backend()))
+        if not self.hierarchical:
+            return RingAllreduce()
+        variant = self.variant = choose_variant(requested=self.config.variant, topology=topology,
+                                                backend=str(dist.get_backend()))
         self.groups = build_groups(topology, cross=variant == "2d")
         return HierarchicalAllreduce(self.groups, variant=variant,
                                       chunk_mb=self.config.pipeline_chunk_mb)
@@ -148,8 +152,7 @@ class FusedSync:
         params = [p for p in model.parameters() if p.requires_grad]
         self.plan = plan_for_params(params, threshold_mb=self.config.fusion_threshold_mb,
                                     num_segments=self.config.segments)
-        variant = getattr(self.algorithm, "variant", None)
-        pad = len(self.topology.nodes[0]) if variant == "2d" else 1
+        pad = len(self.topology.nodes[0]) if self.variant == "2d" else 1
         self._pad = pad
         self.buffers = FlatBuffers(self.plan, params=params, pad_multiple=pad)
         self.buffers.install_grad_views()
@@ -192,10 +195,7 @@ class FusedSync:
             self._choose_split_from_step(self.last_step)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a small metrics tensor over all workers (in place; returned for chaining)."""
-        if self.world_size > 1 and dist.is_initialized():
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
+        return all_reduce_sum(values, world_size=self.world_size)
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -261,8 +261,10 @@ class FusedSync:
     def close(self) -> None:
         for hook in self._hooks:
             hook.remove()
+        self._hooks = []
         if self.algorithm is not None:
             self.algorithm.close()
+            self.algorithm = None
 
     # ---- overlap machinery ------------------------------------------------------------
     def _reset_step(self) -> None:

@@ -73,10 +73,7 @@ def topology_from_node_keys(node_keys: Sequence[str]) -> Topology:
 
 def topology_from_ranks_per_node(*, world_size: int, ranks_per_node: int) -> Topology:
     """Contiguous blocks of `ranks_per_node` ranks; the last node takes the remainder."""
-    if ranks_per_node < 1:
-        raise ValueError(f"comms.ranks_per_node must be >= 1, got {ranks_per_node}")
-    if world_size < 1:
-        raise ValueError(f"world size must be >= 1, got {world_size}")
+    assert ranks_per_node >= 1 and world_size >= 1, (ranks_per_node, world_size)
     return Topology(nodes=tuple(
         tuple(range(start, min(start + ranks_per_node, world_size)))
         for start in range(0, world_size, ranks_per_node)))

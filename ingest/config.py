@@ -1,15 +1,14 @@
 """Config schema of the input pipeline (`data=`): which dataset, where it lives, how it
-is preprocessed in Ray Data, and what happens to images that cannot be decoded."""
+is preprocessed in Ray Data, and what happens to images that cannot be decoded. The
+known `data.name`s and which of them read `data.path` come from ingest/formats.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainers.config import require
+from common.validation import require
+from ingest.formats import FORMATS, format_of
 
-DATA_NAMES = ("digits", "synthetic", "imagefolder", "parquet")
-# Formats read from `data.path`; the others are built in memory.
-FILE_FORMATS = ("imagefolder", "parquet")
 AUGMENTS = ("crop_flip", "shift", "none")
 ON_ERROR = ("skip", "raise")
 
@@ -66,14 +65,15 @@ class DataConfig:
     # Tests: each worker writes the sample ids it trained on to run_dir/sample_ids/.
     record_sample_ids: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked when built, like every schema: no builder sees an unchecked config.
+        self.validate()
+
     def validate(self) -> None:
-        require(
-            self.name in DATA_NAMES,
-            f"data.name: unknown dataset {self.name!r}; known: {', '.join(DATA_NAMES)}",
-        )
+        FORMATS.get(self.name)  # ValueError naming data.name and the known names
         require(self.image_size >= 8, f"data.image_size must be >= 8, got {self.image_size}")
         require(
-            self.num_classes is not None or self.name in FILE_FORMATS,
+            self.num_classes is not None or self.reads_path,
             f"data.num_classes may be null only for file formats, not data={self.name}",
         )
         require(
@@ -94,7 +94,7 @@ class DataConfig:
         )
         self._validate_preprocessing()
         require(
-            self.name not in FILE_FORMATS or self.path is not None,
+            not self.reads_path or self.path is not None,
             f"data.path is required for data={self.name}",
         )
 
@@ -123,4 +123,5 @@ class DataConfig:
 
     @property
     def reads_path(self) -> bool:
-        return self.name in FILE_FORMATS
+        """Whether data.path is read; False for an unknown name (validate reports it)."""
+        return self.name in FORMATS and format_of(self.name).reads_path

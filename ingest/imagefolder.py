@@ -3,6 +3,9 @@
 Classes are the sorted folder names under `train/`; a sample's id is its index in the
 sorted file listing of its split. The listing is made on the driver (and checked before
 Ray starts); the files are read and decoded by the preprocessing tasks.
+
+Reader interface (shared with ingest/parquet.py, used by ingest/datasets.py):
+`list_dataset`, `num_classes_of`, `make_source` and the listing's `num_rows`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.validation import require
+from ingest.listing import split_dir
 from ingest.pipeline import Sample, cached_get
-from trainers.config import require
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -27,18 +30,14 @@ class FolderListing:
     paths: np.ndarray  # str, sorted by (class, file name)
     labels: np.ndarray  # int64
 
-
-def _split_dir(root: str, split: str) -> Path:
-    require(Path(root).is_dir(), f"data.path: no such directory: {root}")
-    directory = Path(root) / split
-    require(directory.is_dir(),
-            f"data.path: {root} has no '{split}' folder (expected {directory}/<class>/<image>)")
-    return directory
+    @property
+    def num_rows(self) -> int:
+        return len(self.labels)
 
 
 def list_split(*, root: str, split: str, classes: tuple[str, ...] | None = None) -> FolderListing:
     """Sorted listing of one split. `classes`: the train classes, which val must use."""
-    directory = _split_dir(root, split)
+    directory = split_dir(root, split, layout="<class>/<image>")
     folders = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
     require(bool(folders), f"data.path: {directory} has no class folders")
     if classes is None:
@@ -63,6 +62,14 @@ def list_dataset(*, root: str, num_classes: int | None) -> dict[str, FolderListi
             f"data.num_classes ({num_classes}) is smaller than the {len(train.classes)} class "
             f"folders in {Path(root) / 'train'}: labels would fall outside the class count")
     return {"train": train, "val": list_split(root=root, split="val", classes=train.classes)}
+
+
+def num_classes_of(listings: dict[str, FolderListing]) -> int:
+    return len(listings["train"].classes)
+
+
+def make_source(listing: FolderListing) -> FolderSource:
+    return FolderSource.put(listing)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ the split, counting through the sorted files).
 The unit the pipeline shuffles and hands to a task is one row group: reading a whole row
 group is what Parquet does efficiently, and the worker's local shuffle buffer mixes the
 samples of several row groups. The driver reads only metadata and the label column.
+
+Reader interface (shared with ingest/imagefolder.py, used by ingest/datasets.py):
+`list_dataset`, `num_classes_of`, `make_source` and the listing's `num_rows`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.validation import require
+from ingest.listing import SPLITS, split_dir
 from ingest.pipeline import Sample
-from trainers.config import require
 
 REQUIRED_COLUMNS = ("image", "label")
 
@@ -55,10 +59,7 @@ def list_split(*, root: str, split: str) -> ParquetListing:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    require(Path(root).is_dir(), f"data.path: no such directory: {root}")
-    directory = Path(root) / split
-    require(directory.is_dir(),
-            f"data.path: {root} has no '{split}' folder (expected {directory}/*.parquet)")
+    directory = split_dir(root, split, layout="*.parquet")
     files = sorted(directory.glob("*.parquet"))
     require(bool(files), f"data.path: {directory} has no .parquet files")
     units, max_label, total, has_id = [], -1, 0, []
@@ -88,7 +89,7 @@ def list_split(*, root: str, split: str) -> ParquetListing:
 
 def list_dataset(*, root: str, num_classes: int | None) -> dict[str, ParquetListing]:
     """Both splits, checked: ValueError naming the path/column for bad files or labels."""
-    listings = {split: list_split(root=root, split=split) for split in ("train", "val")}
+    listings = {split: list_split(root=root, split=split) for split in SPLITS}
     limit = num_classes if num_classes is not None else listings["train"].max_label + 1
     for split, listing in listings.items():
         require(listing.max_label < limit,
@@ -100,6 +101,10 @@ def list_dataset(*, root: str, num_classes: int | None) -> dict[str, ParquetList
 
 def num_classes_of(listings: dict[str, ParquetListing]) -> int:
     return listings["train"].max_label + 1
+
+
+def make_source(listing: ParquetListing) -> ParquetSource:
+    return ParquetSource(listing)
 
 
 @dataclass(frozen=True)

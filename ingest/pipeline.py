@@ -85,7 +85,7 @@ class PipelineState:
 
     def __init__(self):
         self._epoch = 0
-        self._skipped: dict[tuple[str, int], str] = {}
+        self._skipped: set[tuple[str, int]] = set()  # (split, sample id)
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
@@ -95,17 +95,14 @@ class PipelineState:
 
     def record_skipped(self, split: str, entries: list[tuple[int, str, str]]) -> None:
         for sample_id, origin, reason in entries:
+            # Counted once: a sample fails again in every epoch that reads it.
             if (split, sample_id) not in self._skipped:
                 print(f"[raylars] data: skipped undecodable {split} sample {sample_id} "
                       f"({origin}): {reason}", flush=True)
-            self._skipped[(split, sample_id)] = origin
+                self._skipped.add((split, sample_id))
 
     def num_skipped(self) -> int:
         return len(self._skipped)
-
-    def skipped(self) -> list[tuple[str, int, str]]:
-        return sorted((split, sample_id, origin)
-                      for (split, sample_id), origin in self._skipped.items())
 
 
 def announce_epoch(state, *, epoch: int) -> None:

@@ -8,33 +8,31 @@ Usage:
 
 The model's per-tensor backward times are measured here on the CPU (hooks; the shape of
 the distribution) and scaled so forward + backward take batch_per_gpu / img_per_sec, the
-target GPU's compute time per step. Every algorithm (ring, tree, hierarchical,
-hierarchical_2d) and fusion threshold is simulated with its best segment split
-(comms/cost_model.py); the table lists the best plan per algorithm, then the chosen plan
-and the predicted scaling efficiency (compute-only step / predicted step). Prints the JSON
-path last when --json is given.
+target GPU's compute time per step. Every algorithm (ring, tree, reduce_bcast, 2d) and
+fusion threshold is simulated with its best segment split (comms/cost_model.py); the
+table lists the best plan per algorithm, then the chosen plan and the predicted scaling
+efficiency (compute-only step / predicted step). Prints the JSON path last when --json is
+given. For the chosen reduce_bcast or 2d: run comms=hierarchical with comms.variant set
+to it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # replace the script's folder: Ray ships it to workers
+import torch
 
-import torch  # noqa: E402
-
-from comms.cost_model import (  # noqa: E402
+from comms.cost_model import (
     ALGORITHMS,
     CHUNKS_MB,
     ClusterShape,
     Link,
     choose_plan,
 )
-from comms.profile import profile_backward  # noqa: E402
-from trainers.models import MODEL_NAMES, build_model  # noqa: E402
+from comms.profile import profile_backward
+from trainers.models import MODEL_NAMES, build_model
 
 THRESHOLDS_MB = (0.5, 1, 2, 4, 8, 16, 25, 32, 64, 128, 256)
 
@@ -82,7 +80,7 @@ def recipe_settings(name: str) -> dict:
     """What the plan needs from conf/experiment/NAME.yaml."""
     from omegaconf import OmegaConf
 
-    from launch.config import CONF_DIR, compose_unchecked
+    from job.config import CONF_DIR, compose_unchecked
 
     if not (CONF_DIR / "experiment" / f"{name}.yaml").is_file():
         raise ValueError(f"--experiment: no recipe conf/experiment/{name}.yaml")

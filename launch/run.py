@@ -7,17 +7,11 @@ run's output directory and prints its path as the last line.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import hydra
+from omegaconf import DictConfig
 
-# Run as a script: make the repository root importable even without `pip install -e .`.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from launch.config import register_configs, validate  # noqa: E402
+from job.cli import run_command
+from job.config import Config, register_configs, validate
 
 register_configs()
 
@@ -30,27 +24,17 @@ def print_summary(summary: dict) -> None:
     print(f"[raylars] checkpoint: {summary['checkpoint']}")
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    try:
-        config = validate(cfg)
-    except ValueError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
-    if config.run.output_dir is None:
-        config.run.output_dir = HydraConfig.get().runtime.output_dir
+def train(config: Config) -> None:
+    from job.trainer import run_training
 
-    from ray.train import TrainingFailedError
-
-    from launch.job import run_training
-
-    try:
-        summary = run_training(config)
-    except TrainingFailedError as error:
-        print(f"training failed: {error}", file=sys.stderr)
-        sys.exit(1)
+    summary = run_training(config)
     print_summary(summary)
     print(summary["summary_path"])
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_command(cfg, validate=validate, work=train)
 
 
 if __name__ == "__main__":

@@ -8,32 +8,24 @@ trial, the best configuration as overrides for `launch/run.py`, and the summary'
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# Run as a script: put the repository root first, so `import tune` finds the package
-# rather than this file.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+# This file is named like the `tune` package, and Python puts its folder first on
+# sys.path (Ray ships that entry to the trials too): drop it so `import tune` finds the
+# installed package.
+sys.path.pop(0)
 
 import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from launch.config import register_configs, validate  # noqa: E402
+from job.cli import run_command  # noqa: E402
+from job.config import register_configs  # noqa: E402
+from tune.config import SweepConfig, validate_sweep  # noqa: E402
 
-register_configs()
+register_configs(SweepConfig)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    try:
-        config = validate(cfg, for_tune=True)
-    except ValueError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        sys.exit(2)
-    if config.run.output_dir is None:
-        config.run.output_dir = HydraConfig.get().runtime.output_dir
-
-    from launch.job import run_tune_sweep
+def sweep(config: SweepConfig) -> None:
+    from tune.sweep import run_tune_sweep
 
     summary = run_tune_sweep(config)
     best = summary["best"]
@@ -42,6 +34,11 @@ def main(cfg: DictConfig) -> None:
           f"{summary['total_trial_epochs']} trial-epochs")
     print(f"[raylars tune] train it: python launch/run.py {summary['override']}")
     print(summary["summary_path"])
+
+
+@hydra.main(config_path="../conf", config_name="sweep", version_base=None)
+def main(cfg: DictConfig) -> None:
+    run_command(cfg, validate=validate_sweep, work=sweep)
 
 
 if __name__ == "__main__":

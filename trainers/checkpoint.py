@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+# The file of a raylars checkpoint, inside the checkpoint directory Ray Train registers.
+CHECKPOINT_FILE = "state.pt"
+
 
 def write_state(state: dict, *, path: Path) -> None:
     """torch.save to `path` atomically: a reader sees the old file, or the whole new one."""
@@ -50,5 +53,5 @@ def crash_while_writing(state: dict, *, path: Path) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     print(f"[raylars] fault injected: crashing while writing {path} "
-          "(trainer.fail_in_checkpoint_epoch)", flush=True)
+          "(debug.fail_in_checkpoint_epoch)", flush=True)
     os._exit(1)

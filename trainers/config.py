@@ -1,22 +1,24 @@
-"""Config schemas of the trainer component: the loop, the model, the optimizer, precision.
+"""Config schemas of one rank's training: the loop (`trainer`), the model, and
+`TrainingConfig`, the tree of every section one rank needs (the component schemas of data,
+optimizer, precision, comms and debug included).
 
-Each dataclass checks its own values (`validate`) and raises ValueError naming the full
-config key, so a bad value fails before Ray starts. Cross-component checks live in
-`launch/config.py`.
+Every schema checks its own values when built (`__post_init__`) and raises ValueError
+naming the full config key, so a bad value fails before Ray starts and no builder ever sees
+an unchecked config. `check_training` adds the rules that span sections.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-OPTIM_NAMES = ("lars", "sgd")
-PRECISION_NAMES = ("fp32", "fp16", "bf16", "fp16_pure")
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise ValueError(message) when a user-supplied value is out of range."""
-    if not condition:
-        raise ValueError(message)
+from common.validation import require
+from comms.config import CommsConfig
+from ingest.config import DataConfig
+from trainers.batching import steps_per_epoch
+from trainers.faults import DebugConfig
+from trainers.optim import OptimConfig
+from trainers.precision import PrecisionConfig
 
 
 @dataclass
@@ -46,68 +48,31 @@ class TrainerConfig:
     max_failures: int = 0
     # Start from this checkpoint directory (a `checkpoint_*` folder of an earlier run).
     resume_from: str | None = None
-    # Fault injection for recovery tests: raise once, on rank 0, before this global step.
-    fail_at_step: int | None = None
-    # Fault injection for the atomic-checkpoint test: once, rank 0 crashes (exits) halfway
-    # through writing this epoch's checkpoint into the run directory.
-    fail_in_checkpoint_epoch: int | None = None
     # torch intra-op threads per worker (null: cpus_per_worker, at least 1).
     torch_threads: int | None = None
 
-    def validate(self) -> None:
-        require(self.num_workers >= 1, f"trainer.num_workers must be >= 1, got {self.num_workers}")
-        require(self.epochs >= 1, f"trainer.epochs must be >= 1, got {self.epochs}")
-        require(
-            self.global_batch_size >= 1,
-            f"trainer.global_batch_size must be >= 1, got {self.global_batch_size}",
-        )
-        self._validate_elastic()
-        require(
-            self.global_batch_size >= self.max_world_size,
-            f"trainer.global_batch_size ({self.global_batch_size}) must give each of "
-            f"{self.max_world_size} workers at least one sample",
-        )
-        require(
-            self.cpus_per_worker > 0,
-            f"trainer.cpus_per_worker must be > 0, got {self.cpus_per_worker}",
-        )
-        require(
-            self.eval_batch_size >= 1,
-            f"trainer.eval_batch_size must be >= 1, got {self.eval_batch_size}",
-        )
-        require(
-            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-            f"trainer.max_steps_per_epoch must be >= 1 or null, got {self.max_steps_per_epoch}",
-        )
-        require(
-            self.checkpoint_every_epochs >= 1,
-            f"trainer.checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}",
-        )
-        require(
-            self.num_checkpoints_to_keep >= 1,
-            f"trainer.num_checkpoints_to_keep must be >= 1, got {self.num_checkpoints_to_keep}",
-        )
+    def __post_init__(self) -> None:
+        for key in ("num_workers", "epochs", "global_batch_size", "eval_batch_size",
+                    "checkpoint_every_epochs", "num_checkpoints_to_keep"):
+            value = getattr(self, key)
+            require(value >= 1, f"trainer.{key} must be >= 1, got {value}")
+        for key in ("max_steps_per_epoch", "torch_threads"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"trainer.{key} must be >= 1 or null, got {value}")
+        self._check_elastic()
+        require(self.global_batch_size >= self.max_world_size,
+                f"trainer.global_batch_size ({self.global_batch_size}) must give each of "
+                f"{self.max_world_size} workers at least one sample")
+        require(self.cpus_per_worker > 0,
+                f"trainer.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         require(self.max_failures >= -1, f"trainer.max_failures must be >= -1, got {self.max_failures}")
-        require(
-            self.fail_at_step is None or self.fail_at_step >= 0,
-            f"trainer.fail_at_step must be >= 0 or null, got {self.fail_at_step}",
-        )
-        require(
-            self.fail_in_checkpoint_epoch is None or self.fail_in_checkpoint_epoch >= 1,
-            "trainer.fail_in_checkpoint_epoch must be >= 1 or null, "
-            f"got {self.fail_in_checkpoint_epoch}",
-        )
         for name, amount in self.worker_resources.items():
             require(amount > 0, f"trainer.worker_resources.{name} must be > 0, got {amount}")
             require(name not in ("CPU", "GPU"),
                     f"trainer.worker_resources.{name}: set trainer.cpus_per_worker or "
                     "trainer.use_gpu instead")
-        require(
-            self.torch_threads is None or self.torch_threads >= 1,
-            f"trainer.torch_threads must be >= 1 or null, got {self.torch_threads}",
-        )
 
-    def _validate_elastic(self) -> None:
+    def _check_elastic(self) -> None:
         bounds = (self.min_workers, self.max_workers)
         if bounds == (None, None):
             return
@@ -144,73 +109,65 @@ class TrainerConfig:
 class ModelConfig:
     name: str = "small_resnet"
 
-    def validate(self) -> None:
-        from trainers.models import MODEL_NAMES
+    def __post_init__(self) -> None:
+        from trainers.models import MODELS
 
-        require(
-            self.name in MODEL_NAMES,
-            f"model.name: unknown model {self.name!r}; known: {', '.join(MODEL_NAMES)}",
-        )
+        MODELS.get(self.name)  # an unknown name lists the known ones
 
 
 @dataclass
-class OptimConfig:
-    name: str = "lars"
-    lr: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    trust_coefficient: float = 0.001
-    eps: float = 0.0
-    warmup_epochs: float = 2.0
-    end_lr: float = 0.0
-    poly_power: float = 2.0
-    # No weight decay and no trust ratio on 1-D tensors (biases, BN gamma/beta).
-    exclude_bn_bias: bool = True
-    label_smoothing: float = 0.0
+class TrainingConfig:
+    """Everything one rank's training reads. The sections whose option picks a schema
+    (optim, precision, comms) are typed by their base class; Hydra merges the option's
+    subclass in (conf/<group>/<option>.yaml names its schema)."""
 
-    def validate(self) -> None:
-        require(
-            self.name in OPTIM_NAMES,
-            f"optim.name: unknown optimizer {self.name!r}; known: {', '.join(OPTIM_NAMES)}",
-        )
-        require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        require(0 <= self.momentum < 1, f"optim.momentum must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        require(
-            self.trust_coefficient > 0,
-            f"optim.trust_coefficient must be > 0, got {self.trust_coefficient}",
-        )
-        require(self.eps >= 0, f"optim.eps must be >= 0, got {self.eps}")
-        require(
-            self.warmup_epochs >= 0,
-            f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}",
-        )
-        require(
-            0 <= self.end_lr <= self.lr,
-            f"optim.end_lr must be in [0, optim.lr={self.lr}], got {self.end_lr}",
-        )
-        require(self.poly_power > 0, f"optim.poly_power must be > 0, got {self.poly_power}")
-        require(
-            0 <= self.label_smoothing < 1,
-            f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}",
-        )
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    comms: CommsConfig = field(default_factory=CommsConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
-@dataclass
-class PrecisionConfig:
-    name: str = "fp32"
-    # GradScaler (fp16 only): dynamic loss scaling starts here and doubles after
-    # `growth_interval` finite steps; halves on inf/nan (the step is skipped).
-    init_scale: float = 65536.0
-    growth_interval: int = 2000
+def check_training(config: TrainingConfig) -> None:
+    """The rules across sections: the chosen options' schemas, warmup inside the run, a
+    full step per epoch at every world size, and a resumable checkpoint."""
+    from comms.registry import SYNCS
+    from ingest import dataset_sizes
+    from trainers.optim import OPTIMIZERS
+    from trainers.precision import PRECISIONS
 
-    def validate(self) -> None:
+    for section, registry in (("optim", OPTIMIZERS), ("precision", PRECISIONS), ("comms", SYNCS)):
+        value = getattr(config, section)
+        schema = registry.get(value.name).schema
+        require(type(value) is schema,
+                f"{section}.name={value.name} needs the {section}={value.name} group option "
+                f"(choose it with `{section}={value.name}`, not by setting {section}.name)")
+    trainer, optim = config.trainer, config.optim
+    require(optim.warmup_epochs < trainer.epochs,
+            f"optim.warmup_epochs ({optim.warmup_epochs}) must be < trainer.epochs ({trainer.epochs})")
+    num_train, _ = dataset_sizes(config.data)
+    for world_size in range(trainer.min_world_size, trainer.max_world_size + 1):
         require(
-            self.name in PRECISION_NAMES,
-            f"precision.name: unknown precision {self.name!r}; known: {', '.join(PRECISION_NAMES)}",
-        )
-        require(self.init_scale > 0, f"precision.init_scale must be > 0, got {self.init_scale}")
-        require(
-            self.growth_interval >= 1,
-            f"precision.growth_interval must be >= 1, got {self.growth_interval}",
-        )
+            steps_per_epoch(num_train=num_train, world_size=world_size,
+                            global_batch_size=trainer.global_batch_size, max_steps=None) >= 1,
+            f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
+            f"{num_train} training samples of data={config.data.name} split over "
+            f"{world_size} workers: no full step per epoch")
+    if trainer.resume_from is not None:
+        _check_resume_from(trainer)
+
+
+def _check_resume_from(trainer: TrainerConfig) -> None:
+    from trainers.checkpoint import CHECKPOINT_FILE, load_state
+
+    state_file = Path(trainer.resume_from) / CHECKPOINT_FILE
+    require(state_file.is_file(),
+            f"trainer.resume_from: no raylars checkpoint at {trainer.resume_from} "
+            f"(expected {state_file})")
+    # mmap: read the epoch counter without loading every tensor of a large model.
+    saved = load_state(state_file, map_location="cpu", mmap=True)
+    require(saved["epoch"] < trainer.epochs,
+            f"trainer.resume_from is at epoch {saved['epoch']}: trainer.epochs "
+            f"({trainer.epochs}) leaves nothing to train")

@@ -16,7 +16,10 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-MODEL_NAMES = ("small_resnet", "resnet50", "alexnet_bn", "alexnet")
+from common.registry import Registry
+
+# name -> builder(num_classes=, in_channels=) of an initialised fp32 nn.Module.
+MODELS = Registry("model", key="model.name")
 
 # Std of the final classifier's weights: small, so the initial logits are near zero and the
 # first steps start from an almost uniform softmax (as in the paper's recipe).
@@ -25,17 +28,9 @@ FINAL_FC_STD = 0.01
 
 def build_model(*, name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build and initialise the network ``name`` with a ``num_classes``-way classifier."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model.name {name!r}; known names: {', '.join(MODEL_NAMES)}")
-    num_classes = _checked_int(num_classes, "num_classes", minimum=2)
-    in_channels = _checked_int(in_channels, "in_channels", minimum=1)
-    if name == "small_resnet":
-        return SmallResNet(num_classes=num_classes, in_channels=in_channels)
-    if name == "resnet50":
-        return resnet50(num_classes=num_classes, in_channels=in_channels)
-    return AlexNet(
-        num_classes=num_classes, in_channels=in_channels, batch_norm=name == "alexnet_bn"
-    )
+    builder = MODELS.get(name).builder
+    return builder(num_classes=_checked_int(num_classes, "num_classes", minimum=2),
+                   in_channels=_checked_int(in_channels, "in_channels", minimum=1))
 
 
 def _checked_int(value: object, what: str, *, minimum: int) -> int:
@@ -185,3 +180,10 @@ def _alexnet_features(in_channels: int, batch_norm: bool) -> nn.Sequential:
             layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
         width = out
     return nn.Sequential(*layers)
+
+
+MODELS.register("small_resnet", builder=SmallResNet)
+MODELS.register("resnet50", builder=resnet50)
+MODELS.register("alexnet_bn", builder=lambda **sizes: AlexNet(batch_norm=True, **sizes))
+MODELS.register("alexnet", builder=lambda **sizes: AlexNet(batch_norm=False, **sizes))
+MODEL_NAMES = MODELS.names

@@ -2,12 +2,33 @@
 (power 2 in the brief, after You et al. 2017 and Goyal et al. 2017) to `end_lr`.
 
 The rate is a pure function of the global step, so a resumed or resized run continues on
-the same curve.
+the same curve. `ScheduleConfig` owns the schedule's keys; they sit in the `optim` section
+(`optim.warmup_epochs`, ...) because every optimizer schema extends it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from common.validation import require
+
+
+@dataclass
+class ScheduleConfig:
+    # Base learning rate after warmup.
+    lr: float = 10.0
+    # Linear warmup from 0 to `lr` over this many epochs.
+    warmup_epochs: float = 2.0
+    # Polynomial decay from `lr` to `end_lr` with this power.
+    end_lr: float = 0.0
+    poly_power: float = 2.0
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        require(self.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        require(0 <= self.end_lr <= self.lr,
+                f"optim.end_lr must be in [0, optim.lr={self.lr}], got {self.end_lr}")
+        require(self.poly_power > 0, f"optim.poly_power must be > 0, got {self.poly_power}")
 
 
 def lr_at(
@@ -53,10 +74,14 @@ class WarmupPolySchedule:
         return cls(base_lr=base_lr, end_lr=end_lr, warmup_steps=warmup, total_steps=total,
                    power=power)
 
+    @classmethod
+    def from_config(cls, config: ScheduleConfig, *, epochs: int,
+                    steps_per_epoch: int) -> WarmupPolySchedule:
+        return cls.from_epochs(base_lr=config.lr, end_lr=config.end_lr,
+                               warmup_epochs=config.warmup_epochs, epochs=epochs,
+                               steps_per_epoch=steps_per_epoch, power=config.poly_power)
+
     def __call__(self, step: int) -> float:
         return lr_at(step=step, base_lr=self.base_lr, end_lr=self.end_lr,
                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                      power=self.power)
-
-    def state_dict(self) -> dict:
-        return asdict(self)

@@ -1,10 +1,13 @@
-"""Config schema of the LR/warmup sweep (`tune=coarse_to_fine|exhaustive`)."""
+"""Config of the LR/warmup sweep (`tune=coarse_to_fine|exhaustive`): its schema, and the
+sweep's root config (`SweepConfig`: the run's `Config` plus `tune`), composed from
+`conf/sweep.yaml` by `launch/tune.py`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainers.config import require
+from common.validation import require
+from job.config import Config, compose_unchecked, validate
 
 TUNE_NAMES = ("coarse_to_fine", "exhaustive")
 FINE_SHAPES = ("grid", "cross")
@@ -33,7 +36,7 @@ class TuneConfig:
     # plus one CPU for its Ray Data tasks).
     max_concurrent_trials: int | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         require(self.name in TUNE_NAMES,
                 f"tune.name: unknown sweep {self.name!r}; known: {', '.join(TUNE_NAMES)}")
         require(self.lr_min > 0, f"tune.lr_min must be > 0, got {self.lr_min}")
@@ -55,3 +58,25 @@ class TuneConfig:
                 f"tune.asha_reduction_factor must be > 1, got {self.asha_reduction_factor}")
         require(self.max_concurrent_trials is None or self.max_concurrent_trials >= 1,
                 f"tune.max_concurrent_trials must be >= 1 or null, got {self.max_concurrent_trials}")
+
+
+@dataclass
+class SweepConfig(Config):
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+
+def validate_sweep(cfg) -> SweepConfig:
+    """The run's checks plus those of a sweep's trials."""
+    config = validate(cfg)
+    require(max(config.tune.warmup_epochs) < config.trainer.epochs,
+            f"tune.warmup_epochs ({list(config.tune.warmup_epochs)}) must all be < "
+            f"trainer.epochs ({config.trainer.epochs})")
+    require(not config.trainer.elastic,
+            "trainer.min_workers/trainer.max_workers: a tune sweep runs fixed-size "
+            "trials; set trainer.num_workers instead")
+    return config
+
+
+def compose_sweep(overrides: list[str] | None = None) -> SweepConfig:
+    """Compose `conf/sweep.yaml` with Hydra overrides and validate it (for tests, tools)."""
+    return validate_sweep(compose_unchecked(overrides, config_name="sweep", schema=SweepConfig))

@@ -18,7 +18,7 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from launch.config import Config
+from tune.config import SweepConfig
 
 METRIC = "val_top1"
 
@@ -40,14 +40,14 @@ def point_key(trial: dict) -> str:
     return f"{trial['lr']:.6g}/{trial['warmup_epochs']:g}"
 
 
-def trial_fn(params: dict, *, base: Config, starts: dict[str, dict]) -> None:
+def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict]) -> None:
     """One Tune trial: train `base` with the trial's LR and warmup on Ray Train, from the
     checkpoint an earlier stage left at this point if there is one."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ingest import build_datasets
-    from launch.job import build_trainer
+    from job.trainer import build_trainer
 
     config = copy.deepcopy(base)
     config.optim.lr = float(params["trial"]["lr"])
@@ -61,7 +61,7 @@ def trial_fn(params: dict, *, base: Config, starts: dict[str, dict]) -> None:
     trainer.fit()
 
 
-def concurrent_trials(config: Config) -> int:
+def concurrent_trials(config: SweepConfig) -> int:
     """Trials that fit at once: each holds its workers' CPUs plus one for Ray Data."""
     import ray
 
@@ -71,7 +71,7 @@ def concurrent_trials(config: Config) -> int:
     return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial))
 
 
-def run_stage(plan: StagePlan, *, config: Config, storage: Path) -> list[dict]:
+def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path) -> list[dict]:
     """Run (or restore) one stage; return one record per trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -128,13 +128,13 @@ def trial_record(result, *, epochs: int, starts: dict[str, dict]) -> dict:
         "epochs_run": epochs_run, "start_epoch": start["start_epoch"],
         "resumed_from": start["resume_from"],
         "stopped_early": result.error is None and epochs_run < epochs,
-        "error": _first_line(result.error) if result.error is not None else None,
+        "error": _error_line(result.error) if result.error is not None else None,
         # Where a later stage can continue this run (TuneReportCallback forwards the path).
         "checkpoint": metrics.get(CHECKPOINT_PATH_KEY),
     }
 
 
-def _first_line(error: BaseException) -> str:
+def _error_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     # Train wraps the worker's exception; its last line names the cause.
     return (text[-1] if text else type(error).__name__)[:300]
@@ -189,7 +189,7 @@ def best_trial(records: list[dict]) -> dict:
     return max(finished, key=lambda r: (r[METRIC], r["epochs_run"], -r["lr"], -r["warmup_epochs"]))
 
 
-def storage_for(config: Config) -> Path:
+def storage_for(config: SweepConfig) -> Path:
     path = Path(config.run.output_dir).resolve()
     os.makedirs(path, exist_ok=True)
     return path

@@ -5,7 +5,13 @@ at the best warmup, then a `fine_warmup` stage: the neighbouring warmups at the 
 
 from __future__ import annotations
 
-from launch.config import Config
+import json
+import time
+
+from job.config import to_plain_dict
+from job.session import ray_session
+from tune.config import SweepConfig
+from tune.plot import plot_sweep
 from tune.runner import METRIC, StagePlan, best_trial, print_reused, run_stage, storage_for
 from tune.stages import (
     coarse_grid,
@@ -17,7 +23,7 @@ from tune.stages import (
 )
 
 
-def run_sweep(config: Config) -> dict:
+def run_sweep(config: SweepConfig) -> dict:
     """Run the configured sweep on the connected Ray cluster; return the summary."""
     storage = storage_for(config)
     tune = config.tune
@@ -52,7 +58,7 @@ def run_sweep(config: Config) -> dict:
     return summarize(stages)
 
 
-def _refine(name: str, trials: list[dict], *, done: list[dict], config: Config, storage) -> dict:
+def _refine(name: str, trials: list[dict], *, done: list[dict], config: SweepConfig, storage) -> dict:
     """A stage trained to the full epochs; points already trained in `done` are not
     trained again (stages.split_known_trials)."""
     reused, to_run = split_known_trials(trials=trials, done=done, epochs=config.trainer.epochs)
@@ -65,7 +71,7 @@ def _from_scratch(trials: list[dict]) -> list[dict]:
     return [{**trial, "resume_from": None, "start_epoch": 0} for trial in trials]
 
 
-def _stage(plan: StagePlan, *, config: Config, storage, reused: tuple = ()) -> dict:
+def _stage(plan: StagePlan, *, config: SweepConfig, storage, reused: tuple = ()) -> dict:
     ran = run_stage(plan, config=config, storage=storage) if plan.trials else []
     records = ran + list(reused)
     return {
@@ -91,3 +97,33 @@ def summarize(stages: list[dict]) -> dict:
         "stages": stages,
         "total_trial_epochs": sum(s["trial_epochs"] for s in stages),
     }
+
+
+TUNE_SUMMARY_FILE = "tune_summary.json"
+
+
+def run_tune_sweep(config: SweepConfig) -> dict:
+    """Run the configured sweep in a Ray session; write tune_summary.json and tune.png;
+    return the summary."""
+    with ray_session(config) as output_dir:
+        summary = run_sweep(config)
+        summary["leaked_cpus"] = _cpus_still_held()
+    summary["summary_path"] = str(output_dir / TUNE_SUMMARY_FILE)
+    summary["plot"] = str(output_dir / "tune.png")
+    summary["config"] = to_plain_dict(config)
+    (output_dir / TUNE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    plot_sweep(summary, path=output_dir / "tune.png")
+    return summary
+
+
+def _cpus_still_held(*, timeout_s: float = 30.0) -> float:
+    """CPUs not yet returned to the cluster after the sweep (trials release asynchronously)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0.0)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = total - ray.available_resources().get("CPU", 0.0)
+        if held <= 1e-6 or time.monotonic() > deadline:
+            return held
+        time.sleep(1.0)

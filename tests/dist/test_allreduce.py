@@ -19,11 +19,11 @@ def reference_sums(world_size):
 
 
 def _allreduce_all_ways(rank, world_size, node_keys):
-    from comms.allreduce import FlatAllreduce, HierarchicalAllreduce, build_groups
+    from comms.allreduce import HierarchicalAllreduce, RingAllreduce, build_groups
     from comms.sync import discover_topology
 
     topology = discover_topology(ranks_per_node=None, node_key=node_keys[rank])
-    algorithms = {"flat": FlatAllreduce()}
+    algorithms = {"ring": RingAllreduce()}
     groups = build_groups(topology, cross=topology.is_uniform)
     variants = ["reduce_bcast", "2d"] if topology.is_uniform else ["reduce_bcast"]
     for variant in variants:
@@ -57,7 +57,7 @@ def test_every_algorithm_equals_the_float64_sum(node_keys):
     expected = reference_sums(world_size)
     assert len(results[0]["nodes"]) == len(set(node_keys))
     names = [name for name in results[0] if name != "nodes"]
-    assert {"flat", "reduce_bcast", "reduce_bcast-chunked"} <= set(names)
+    assert {"ring", "reduce_bcast", "reduce_bcast-chunked"} <= set(names)
     for rank, result in enumerate(results):
         for name in names:
             for got, want in zip(result[name], expected, strict=True):

@@ -32,11 +32,10 @@ def loss_of(model, batch):
 
 
 def _sync_scenario(rank, world_size, overrides):
-    from comms import build_grad_sync
-    from comms.config import CommsConfig
+    from comms.registry import SYNCS, build_grad_sync
 
-    config = CommsConfig(**{"fusion_threshold_mb": 0.002, "segments": 3, **overrides})
-    config.validate()
+    settings = {"fusion_threshold_mb": 0.002, "segments": 3, **overrides}
+    config = SYNCS.get(settings["name"]).schema(**settings)
     model = tiny_net(seed=rank)  # different on every rank: wrap must broadcast rank 0's
     initial = copy.deepcopy(model.state_dict())
     sync = build_grad_sync(config, world_size=world_size, device=torch.device("cpu"))

@@ -1,52 +1,47 @@
-"""20 fp32 LARS steps with comms=fused and comms=hierarchical give the loss curve of
-comms=ddp (relative difference < 1e-4), on 4 real gloo ranks with uneven nodes (3 + 1)."""
+"""20 fp32 LARS steps of the per-rank trainer (`Trainer.step`, the step `launch/run.py`
+runs) with comms=fused and comms=hierarchical give the loss curve of comms=ddp (relative
+difference < 1e-4), on 4 real gloo ranks with uneven nodes (3 + 1)."""
+
+from types import SimpleNamespace
 
 import torch
 from dist_harness import run_ranks
-from torch import nn
 
 STEPS = 20
-
-
-def net():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+BATCH = 8  # per rank
 
 
 def _curves(rank, world_size):
-    from comms import build_grad_sync
-    from comms.config import CommsConfig
-    from trainers.config import OptimConfig
-    from trainers.optim import build_optimizer
+    from comms.config import DDPConfig, FusedConfig, HierarchicalConfig
+    from trainers.config import TrainerConfig, TrainingConfig
+    from trainers.optim import LarsConfig
+    from trainers.worker import Trainer
 
+    # What the trainer needs to know of the data; the batches are fed to step() directly.
+    data = SimpleNamespace(num_classes=10, in_channels=1, num_train=STEPS * BATCH * world_size,
+                           mean=(0.0,), std=(1.0,))
+    syncs = {"ddp": DDPConfig(fusion_threshold_mb=0.004),
+             "fused": FusedConfig(fusion_threshold_mb=0.004),
+             "hierarchical": HierarchicalConfig(fusion_threshold_mb=0.004, ranks_per_node=3)}
     curves = {}
-    for name in ("ddp", "fused", "hierarchical"):
-        config = CommsConfig(name=name, fusion_threshold_mb=0.004,
-                             ranks_per_node=None if name == "ddp" else 3)
-        model = net()
-        optimizer = build_optimizer(OptimConfig(lr=2.0, weight_decay=5e-4), model=model)
-        sync = build_grad_sync(config, world_size=world_size, device=torch.device("cpu"))
-        train_model = sync.wrap(model)
+    for name, comms in syncs.items():
+        config = TrainingConfig(
+            trainer=TrainerConfig(num_workers=world_size, epochs=1,
+                                  global_batch_size=BATCH * world_size),
+            optim=LarsConfig(lr=2.0, weight_decay=5e-4, warmup_epochs=0), comms=comms)
+        trainer = Trainer(config, rank=rank, world_size=world_size,
+                          device=torch.device("cpu"), data=data)
         generator = torch.Generator().manual_seed(7 + rank)
         # Two fixed batches per rank, cycled: a loss that must go down.
-        batches = [(torch.randn(8, 1, 8, 8, generator=generator),
-                    torch.randint(0, 10, (8,), generator=generator)) for _ in range(2)]
+        batches = [(torch.randn(BATCH, 1, 8, 8, generator=generator),
+                    torch.randint(0, 10, (BATCH,), generator=generator)) for _ in range(2)]
         losses = []
         for step in range(STEPS):
-            images, labels = batches[step % 2]
-            optimizer.zero_grad(set_to_none=False)
-            loss = nn.functional.cross_entropy(train_model(images), labels)
-            loss.backward()
-            sync.finish()
-            optimizer.step()
-            summed = sync.all_reduce_sum(loss.detach().double().reshape(1))
+            loss = trainer.step(*batches[step % 2])
+            summed = trainer.sync.all_reduce_sum(loss.double().reshape(1))
             losses.append(summed.item() / world_size)
         curves[name] = losses
-        if hasattr(sync, "close"):
-            sync.close()
+        trainer.close()
     return curves
 
 

@@ -8,6 +8,7 @@ logical CPUs: two for training workers and one for Ray Data tasks beside them.
 
 import os
 import socket
+from pathlib import Path
 
 # Ray rewrites a 127.0.0.1 cluster address to this machine's outward IP before
 # connecting, where the loopback-bound head does not listen; this switch (named for
@@ -17,11 +18,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 import pytest  # noqa: E402
 
-from launch.config import compose  # noqa: E402
-from launch.job import start_ray  # noqa: E402
-
-pytestmark = pytest.mark.integration
-
+HERE = Path(__file__).resolve().parent
 WORKER_NODE_IPS = ("127.0.0.2", "127.0.0.3")
 
 
@@ -31,10 +28,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test under tests/integration/ is `integration` (deselect with -m "not integration").
+
+    (`pytestmark` is read from test modules only, not from a conftest.) This hook sees
+    the items of the whole session, not only those of this folder, hence the path test.
+    """
+    for item in items:
+        if item.path.is_relative_to(HERE) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+# The project's modules are imported in the fixtures, not up here: a conftest that fails
+# to import stops the whole session, the fast tier included.
+
+
 @pytest.fixture(scope="session")
 def local_cluster():
     import ray
     from ray.cluster_utils import Cluster
+
+    from job.config import compose
+    from job.session import start_ray
 
     # The dashboard serves the state API that Train V2's placement-group cleaner polls;
     # without it, groups of stopped Tune trials leak.
@@ -59,7 +74,8 @@ def ray_cluster(local_cluster):
 @pytest.fixture(scope="session")
 def digits_runs(ray_cluster, tmp_path_factory):
     """Runs shared by several tests: two identical 3-epoch runs (same seed)."""
-    from launch.job import run_training
+    from job.config import compose
+    from job.trainer import run_training
 
     base = ["trainer.epochs=3", "optim.warmup_epochs=1"]
     runs = {}

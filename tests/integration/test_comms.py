@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from launch.config import compose
-from launch.job import run_training
+from job.config import compose
+from job.trainer import run_training
 
 pytestmark = pytest.mark.integration
 

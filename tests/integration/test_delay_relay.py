@@ -1,16 +1,22 @@
-"""The emulated hosts of benchmarks/comms.py delay their link as asked and carry bytes
-intact, whether the delay comes from netem or from the user-space relay."""
+"""The emulated hosts of benchmarks/comms_bench.py (benchmarks/emulated_hosts.py) delay
+their link as asked and carry bytes intact, whether the delay comes from netem or from the
+user-space relay."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
 from argparse import Namespace
+from pathlib import Path
 
 import pytest
 
 DELAY_MS = 20.0
+# benchmarks/ is scripts, not an installed package: load the module from its file (it
+# imports the standard library only).
+EMULATED_HOSTS = Path(__file__).resolve().parents[2] / "benchmarks" / "emulated_hosts.py"
 
 SERVER = textwrap.dedent("""
     import socket, sys
@@ -46,7 +52,7 @@ CLIENT = textwrap.dedent("""
 
 
 @pytest.fixture
-def emulated_hosts(monkeypatch):
+def emulated_hosts():
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
         pytest.skip("emulated hosts need root, ip and tc")
     probe = f"rlcprobe{os.getpid()}"
@@ -54,10 +60,11 @@ def emulated_hosts(monkeypatch):
     if made.returncode:  # e.g. a container without CAP_SYS_ADMIN
         pytest.skip(f"cannot create network namespaces: {made.stderr.strip()}")
     subprocess.run(["ip", "netns", "del", probe], check=True)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script replaces sys.path[0]
-    from benchmarks.comms import EmulatedHosts
+    spec = importlib.util.spec_from_file_location("emulated_hosts", EMULATED_HOSTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
-    hosts = EmulatedHosts(Namespace(emulate_hosts=2, rate_mbit=200.0, delay_ms=DELAY_MS))
+    hosts = module.EmulatedHosts(Namespace(emulate_hosts=2, rate_mbit=200.0, delay_ms=DELAY_MS))
     hosts.create()
     yield hosts
     hosts.destroy()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import compose
-from launch.job import run_training
+from job.config import compose
+from job.trainer import run_training
 from trainers.checkpoint import load_state
 
 STEPS = 22  # (1437 digits // world) // (64 // world) for 1, 2 and 4 workers
@@ -108,7 +108,7 @@ def test_worker_killed_mid_epoch_resumes_and_finishes_the_planned_steps(ray_clus
 
 def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(ray_cluster, tmp_path):
     summary = run_training(compose(BASE + [
-        "trainer.epochs=3", "trainer.fail_in_checkpoint_epoch=2", f"run.output_dir={tmp_path}"]))
+        "trainer.epochs=3", "debug.fail_in_checkpoint_epoch=2", f"run.output_dir={tmp_path}"]))
     assert (tmp_path / "train" / ".checkpoint_fault_injected").exists()
     assert summary["restarts"] == 1
     restart = summary["restart_events"][1]

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from launch.config import compose
-from launch.job import run_training
-from launch.prepare_data import prepare
+from ingest.prepare import prepare
+from job.config import compose
+from job.trainer import run_training
 
 # Prepared digits at 16x16, grayscale: a small, fast set for the file formats.
 EPOCHS = 3

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.config import compose
-from launch.job import run_training
+from job.config import compose
+from job.trainer import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY_KEYS = {"val_top1", "train_loss", "images_per_sec", "epochs_completed", "global_steps",
@@ -63,7 +63,7 @@ def test_worker_failure_restarts_from_last_checkpoint(digits_runs, tmp_path):
     steps = first["steps_per_epoch"]
     recovered = run_training(compose(digits_runs["overrides"] + [
         f"run.output_dir={tmp_path}", "trainer.max_failures=1",
-        f"trainer.fail_at_step={steps + 5}"]))
+        f"debug.fail_at_step={steps + 5}"]))
     assert (tmp_path / "train" / ".fault_injected").exists()
     assert recovered["resumed_from_steps"] == [steps]  # the epoch-1 checkpoint
     assert recovered["restarts"] == 1 and recovered["world_size_history"] == [2, 2]

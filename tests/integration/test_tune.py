@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import compose
-from launch.job import run_tune_sweep
+from tune.config import compose_sweep
+from tune.sweep import run_tune_sweep
 
 SWEEP = [
     "trainer.epochs=2", "optim.warmup_epochs=0",
@@ -21,7 +21,7 @@ SWEEP = [
 
 
 def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path, capsys):
-    summary = run_tune_sweep(compose(SWEEP + [f"run.output_dir={tmp_path}"], for_tune=True))
+    summary = run_tune_sweep(compose_sweep(SWEEP + [f"run.output_dir={tmp_path}"]))
     coarse, fine = summary["stages"]
     assert (coarse["name"], fine["name"]) == ("coarse", "fine")
     assert [t["lr"] for t in coarse["trials"]] == [10.0, 905.097, 81920.0]
@@ -56,7 +56,7 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
     assert len(lines) == 6 and sum("FAILED" in line for line in lines) == 1
 
     # A rerun into the same directory restores both finished stages instead of training.
-    again = run_tune_sweep(compose(SWEEP + [f"run.output_dir={tmp_path}"], for_tune=True))
+    again = run_tune_sweep(compose_sweep(SWEEP + [f"run.output_dir={tmp_path}"]))
     assert again["best"] == summary["best"]
     assert again["total_trial_epochs"] == summary["total_trial_epochs"]
     assert Path(again["summary_path"]).exists()
@@ -68,7 +68,7 @@ def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, t
     sweep = ["trainer.epochs=1", "optim.warmup_epochs=0", "tune.lr_min=10", "tune.lr_max=10",
              "tune.warmup_epochs=[0,0.5]",
              "tune.fine_points=3", "tune.fine_shape=cross", f"run.output_dir={tmp_path}"]
-    summary = run_tune_sweep(compose(sweep, for_tune=True))
+    summary = run_tune_sweep(compose_sweep(sweep))
     coarse, fine, warmup = summary["stages"]
     assert [s["name"] for s in summary["stages"]] == ["coarse", "fine", "fine_warmup"]
     best = coarse["best"]

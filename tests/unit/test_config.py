@@ -1,9 +1,11 @@
 """Config composition and validation: every bad value fails before Ray starts, naming its key."""
 
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf.errors import OmegaConfBaseException
 
-from launch.config import Config, compose, to_plain_dict
+from job.config import Config, compose, to_plain_dict
+from tune.config import compose_sweep
 
 
 def test_default_config_composes_and_validates():
@@ -46,16 +48,20 @@ def test_every_group_option_composes(group, option):
     ("data.name=imagenet", "data.name"),
     ("data.image_size=4", "data.image_size"),
     ("precision.name=fp8", "precision.name"),
-    ("precision.init_scale=0", "precision.init_scale"),
+    ("precision=fp16 precision.init_scale=0", "precision.init_scale"),
     ("comms.compress=int8", "comms.compress"),
     ("comms.fusion_threshold_mb=0", "comms.fusion_threshold_mb"),
-    ("comms.segments=0", "comms.segments"),
+    ("comms=fused comms.segments=0", "comms.segments"),
+    ("comms=hierarchical comms.pipeline_chunk_mb=0", "comms.pipeline_chunk_mb"),
+    ("comms=hierarchical comms.variant=3d", "comms.variant"),
+    ("optim.name=sgd", "optim.name"),  # the name without its group option's schema
+    ("+comms.segments=2", "comms.segments"),  # a key comms=ddp does not read
     ("comms.backend=mpi", "comms.backend"),
     ("cluster.num_cpus=1", "cluster.num_cpus"),
 ])
 def test_bad_value_raises_value_error_naming_key(override, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        compose([override])
+        compose(override.split())
 
 
 @pytest.mark.parametrize("override,key", [
@@ -78,8 +84,30 @@ def test_unknown_group_option_is_rejected():
 def test_ignored_setting_warns():
     with pytest.warns(UserWarning, match="data.path"):
         compose(["data.path=/tmp/x"])
-    with pytest.warns(UserWarning, match="comms.pipeline_chunk_mb is ignored by comms=fused"):
-        compose(["comms=fused", "comms.pipeline_chunk_mb=2"])
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["comms=fused", "comms.pipeline_chunk_mb=2"], "comms.pipeline_chunk_mb"),
+    (["comms.segments=3"], "comms.segments"),  # ddp has no segments
+    (["precision.init_scale=1024"], "precision.init_scale"),  # fp32 has no loss scaler
+    (["optim=sgd", "optim.trust_coefficient=0.01"], "optim.trust_coefficient"),
+])
+def test_a_key_the_chosen_option_does_not_read_is_an_error_naming_it(overrides, key):
+    with pytest.raises(ConfigCompositionException, match=key.replace(".", r"\.")):
+        compose(overrides)
+
+
+def test_each_option_composes_to_its_own_schema():
+    from comms.config import DDPConfig, FusedConfig, HierarchicalConfig
+    from trainers.optim import LarsConfig, SgdConfig
+    from trainers.precision import Fp16Config, PrecisionConfig
+
+    assert type(compose([]).comms) is DDPConfig and type(compose([]).optim) is LarsConfig
+    assert type(compose(["comms=fused"]).comms) is FusedConfig
+    assert type(compose(["comms=hierarchical"]).comms) is HierarchicalConfig
+    assert type(compose(["optim=sgd"]).optim) is SgdConfig
+    assert type(compose(["precision=fp16"]).precision) is Fp16Config
+    assert type(compose(["precision=bf16"]).precision) is PrecisionConfig
 
 
 def test_resume_from_must_be_a_checkpoint_with_epochs_left(tmp_path):
@@ -96,6 +124,8 @@ def test_resume_from_must_be_a_checkpoint_with_epochs_left(tmp_path):
 def test_tune_settings_are_checked_only_for_sweeps():
     assert compose(["trainer.epochs=2", "optim.warmup_epochs=1"]).trainer.epochs == 2  # tune.* ignored
     with pytest.raises(ValueError, match=r"tune\.warmup_epochs"):
-        compose(["trainer.epochs=2", "optim.warmup_epochs=1"], for_tune=True)  # warmups up to 2
+        compose_sweep(["trainer.epochs=2", "optim.warmup_epochs=1"])  # warmups up to 2
     with pytest.raises(ValueError, match=r"tune\.lr_max"):
-        compose(["tune.lr_max=0.1"])  # the tune section itself is always schema-checked
+        compose_sweep(["tune.lr_max=0.1"])  # the tune section is schema-checked when built
+    with pytest.raises(ConfigCompositionException, match="tune"):
+        compose(["tune.lr_max=0.1"])  # launch/run.py has no tune section

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from comms.cost_model import (
+    ALGORITHMS,
     ClusterShape,
     Link,
     allreduce_s,
@@ -16,6 +17,7 @@ from comms.cost_model import (
     fit_line,
     ring_s,
     simulate,
+    stage_s,
     tree_s,
 )
 from comms.fusion import plan_buckets
@@ -40,11 +42,11 @@ def test_hierarchy_cuts_the_latency_term_for_small_messages():
                            intra=Link.from_bandwidth(latency_us=2, gbit_per_s=1200),
                            inter=Link.from_bandwidth(latency_us=10, gbit_per_s=100))
     small = {a: allreduce_s(a, nbytes=64 * 1024, cluster=cluster)
-             for a in ("ring", "hierarchical", "hierarchical_2d")}
-    assert small["hierarchical"] < small["ring"] / 4
+             for a in ("ring", "reduce_bcast", "2d")}
+    assert small["reduce_bcast"] < small["ring"] / 4
     # Large messages: the node's NIC bounds every algorithm (2d shares it among 8 rings),
     # so 2d is never below the NIC's 2 (N-1)/N M / B.
-    large = allreduce_s("hierarchical_2d", nbytes=100e6, cluster=cluster)
+    large = allreduce_s("2d", nbytes=100e6, cluster=cluster)
     nic_floor = 2 * 127 / 128 * 100e6 * 8 / 100e9
     assert nic_floor < large < allreduce_s("ring", nbytes=100e6, cluster=cluster)
     assert large < 1.3 * nic_floor
@@ -52,11 +54,21 @@ def test_hierarchy_cuts_the_latency_term_for_small_messages():
         allreduce_s("butterfly", nbytes=1, cluster=cluster)
 
 
-def test_one_node_hierarchical_is_the_intra_tree():
+def test_each_algorithm_has_one_name():
+    # The names comms.allreduce and comms.variant use; the old aliases are gone.
+    assert ALGORITHMS == ("ring", "tree", "reduce_bcast", "2d")
+    cluster = ClusterShape(num_nodes=2, ranks_per_node=2, intra=LINK, inter=LINK)
+    for old in ("flat", "hierarchical", "hierarchical_2d"):
+        with pytest.raises(ValueError, match="unknown allreduce algorithm"):
+            allreduce_s(old, nbytes=1, cluster=cluster)
+    assert len(stage_s("2d", nbytes=1.0, cluster=cluster)) == 3
+
+
+def test_one_node_reduce_bcast_is_the_intra_tree():
     cluster = ClusterShape(num_nodes=1, ranks_per_node=4, intra=LINK, inter=LINK)
     m = 1e6
     want = 2 * (1e-5 + 1.2e-9 * m) + 2 * (1e-5 + 1e-9 * m)
-    assert allreduce_s("hierarchical", nbytes=m, cluster=cluster) == pytest.approx(want)
+    assert allreduce_s("reduce_bcast", nbytes=m, cluster=cluster) == pytest.approx(want)
 
 
 def test_calibration_recovers_alpha_and_beta():
@@ -126,50 +138,46 @@ def test_choose_plan_ranks_plans_and_reports_efficiency():
     best = choices[0]
     assert 0 < best.efficiency <= 1 and best.step_s >= best.forward_s + best.backward_s
     assert math.isclose(best.efficiency, (0.005 + 0.0101) / best.step_s)
-    assert best.describe()["algorithm"] in ("ring", "tree", "hierarchical", "hierarchical_2d")
+    assert best.describe()["algorithm"] in ("ring", "tree", "reduce_bcast", "2d")
 
 
-def test_chunked_hierarchical_is_a_pipeline_of_its_stages():
+def test_chunked_reduce_bcast_is_a_pipeline_of_its_stages():
     cluster = ClusterShape(num_nodes=2, ranks_per_node=2,
                            intra=Link(alpha_s=1e-4, beta_s_per_byte=1e-10),
                            inter=Link(alpha_s=1e-4, beta_s_per_byte=8e-9))
     m = 100e6
-    whole = allreduce_s("hierarchical", nbytes=m, cluster=cluster)
-    chunked = allreduce_s("hierarchical", nbytes=m, cluster=cluster, chunk_bytes=m / 50)
+    whole = allreduce_s("reduce_bcast", nbytes=m, cluster=cluster)
+    chunked = allreduce_s("reduce_bcast", nbytes=m, cluster=cluster, chunk_bytes=m / 50)
     # By hand: fill with the first chunk's intra stages, then 50 chunks through the
     # slowest stage (the leaders' ring), with plain float arithmetic.
     c = m / 50
-    reduce_bcast = 1e-4 + 1e-10 * c
+    intra_stage = 1e-4 + 1e-10 * c
     across = 2 * 1e-4 + 2 * 8e-9 * c / 2
-    assert chunked == pytest.approx(reduce_bcast + 50 * across + reduce_bcast, rel=1e-9)
+    assert chunked == pytest.approx(intra_stage + 50 * across + intra_stage, rel=1e-9)
     assert chunked < whole
     # A buffer within one chunk is the unpipelined sum.
-    assert allreduce_s("hierarchical", nbytes=m, cluster=cluster, chunk_bytes=2 * m) == whole
+    assert allreduce_s("reduce_bcast", nbytes=m, cluster=cluster, chunk_bytes=2 * m) == whole
 
 
-def _best_hierarchical_chunk(*, num_nodes: int, inter_latency_us: float):
+def _best_reduce_bcast_chunk(*, num_nodes: int, inter_latency_us: float):
     cluster = ClusterShape(num_nodes=num_nodes, ranks_per_node=2,
                            intra=Link.from_bandwidth(latency_us=100, gbit_per_s=40),
                            inter=Link.from_bandwidth(latency_us=inter_latency_us, gbit_per_s=1))
     choices = choose_plan(tensor_bytes=[4 * 2**20] * 25, tensor_backward_s=[1e-3] * 25,
                           forward_s=0.01, cluster=cluster, thresholds_mb=[25],
-                          max_segments=2, algorithms=["hierarchical"])
+                          max_segments=2, algorithms=["reduce_bcast"])
     assert {c.chunk_mb for c in choices} == {None, 1, 2, 4, 8, 16}  # below the threshold
     return choices[0].chunk_mb
 
 
 def test_plan_pipelines_a_bandwidth_bound_link_and_not_a_latency_bound_one():
     # 2 nodes on a slow link: chunks hide the intra-node stages behind the transfer.
-    assert _best_hierarchical_chunk(num_nodes=2, inter_latency_us=10) is not None
+    assert _best_reduce_bcast_chunk(num_nodes=2, inter_latency_us=10) is not None
     # 64 nodes at 20 ms: every chunk pays the leaders' ring 126 latencies; whole buckets win.
-    assert _best_hierarchical_chunk(num_nodes=64, inter_latency_us=20_000) is None
+    assert _best_reduce_bcast_chunk(num_nodes=64, inter_latency_us=20_000) is None
 
 
-def test_plan_command_rejects_a_bad_chunk(capsys, monkeypatch):
-    import sys
-
-    # The script replaces sys.path[0] when imported; keep the test session's path.
-    monkeypatch.setattr(sys, "path", list(sys.path))
+def test_plan_command_rejects_a_bad_chunk(capsys):
     from launch.plan import parse_args
 
     with pytest.raises(SystemExit):

@@ -1,4 +1,4 @@
-"""The world-size-independent optimisation rules (trainers/elastic.py), elastic config,
+"""The world-size-independent optimisation rules (trainers/batching.py), elastic config,
 and checkpoint files; no processes."""
 
 import warnings
@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from launch.config import compose
-from trainers.checkpoint import load_state, write_state
-from trainers.elastic import (
+from job.config import compose
+from trainers.batching import (
     loss_weight,
     nominal_steps_per_epoch,
     rank_batch_sizes,
     steps_per_epoch,
 )
+from trainers.checkpoint import load_state, write_state
+from tune.config import compose_sweep
 
 
 @pytest.mark.parametrize("global_batch,world", [(64, 1), (64, 2), (64, 3), (64, 5), (7, 7)])
@@ -83,7 +84,7 @@ def test_elastic_range_maps_to_ray_scaling():
     (["trainer.min_workers=1", "trainer.max_workers=2", "trainer.resize_interval_s=-1"],
      "trainer.resize_interval_s"),
     (["trainer.min_workers=1", "trainer.max_workers=200"], "trainer.global_batch_size"),
-    (["trainer.fail_in_checkpoint_epoch=0"], "trainer.fail_in_checkpoint_epoch"),
+    (["debug.fail_in_checkpoint_epoch=0"], "debug.fail_in_checkpoint_epoch"),
 ])
 def test_bad_elastic_settings_name_their_key(overrides, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
@@ -92,7 +93,7 @@ def test_bad_elastic_settings_name_their_key(overrides, key):
 
 def test_a_sweep_rejects_an_elastic_range():
     with pytest.raises(ValueError, match="trainer.min_workers"):
-        compose(["trainer.min_workers=1", "trainer.max_workers=2"], for_tune=True)
+        compose_sweep(["trainer.min_workers=1", "trainer.max_workers=2"])
 
 
 def test_ignored_elastic_settings_warn():

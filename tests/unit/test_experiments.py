@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from launch.config import CONF_DIR, compose
+from common.paths import CONF_DIR
+from job.config import compose
 from launch.plan import main as plan_main
 from trainers.models import build_model
 from trainers.optim import build_optimizer

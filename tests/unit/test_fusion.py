@@ -45,8 +45,10 @@ def test_every_tensor_is_in_exactly_one_bucket():
 
 
 def test_bad_threshold_names_the_key():
+    from comms.config import FusedConfig
+
     with pytest.raises(ValueError, match="comms.fusion_threshold_mb"):
-        buckets_of([1], threshold_bytes=0)
+        FusedConfig(fusion_threshold_mb=0)
 
 
 def test_balanced_segments_split_bytes_evenly_and_keep_order():
@@ -56,8 +58,10 @@ def test_balanced_segments_split_bytes_evenly_and_keep_order():
     # More segments than buckets: one per bucket.
     assert balanced_segments(bucket_bytes=[4, 4], num_segments=5) == ((0,), (1,))
     assert balanced_segments(bucket_bytes=[4, 4, 4], num_segments=1) == ((0, 1, 2),)
+    from comms.config import FusedConfig
+
     with pytest.raises(ValueError, match="comms.segments"):
-        balanced_segments(bucket_bytes=[4], num_segments=0)
+        FusedConfig(segments=0)
 
 
 def test_segments_from_split_points():
@@ -104,7 +108,7 @@ def test_pipeline_chunks_are_views_that_cover_the_buffer():
 
 
 def test_bad_pipeline_chunk_names_the_key():
-    from comms.config import CommsConfig
+    from comms.config import HierarchicalConfig
 
     with pytest.raises(ValueError, match="comms.pipeline_chunk_mb"):
-        CommsConfig(name="hierarchical", pipeline_chunk_mb=0).validate()
+        HierarchicalConfig(pipeline_chunk_mb=0)

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ingest import imagefolder, parquet
-from launch.config import compose
-from launch.prepare_data import prepare
+from ingest.prepare import prepare
+from job.config import compose
 
 
 def png_bytes(array: np.ndarray, mode: str) -> bytes:

@@ -2,16 +2,19 @@
 
 import torch
 
-from trainers.config import PrecisionConfig
 from trainers.lars import LARS
-from trainers.precision import Precision
+from trainers.precision import PRECISIONS, Precision
+
+
+def config_of(name, **kwargs):
+    return PRECISIONS.get(name).schema(name=name, **kwargs)
 
 
 def make(name, **kwargs):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     optimizer = LARS(model.parameters(), lr=0.1, weight_decay=1e-4)
-    return model, optimizer, Precision(PrecisionConfig(name=name, **kwargs), device_type="cpu")
+    return model, optimizer, Precision(config_of(name, **kwargs), device_type="cpu")
 
 
 def loss_of(model, precision):
@@ -27,7 +30,7 @@ def test_fp16_skips_step_on_inf_gradient_and_leaves_parameters_untouched():
     precision.backward(loss)
     model[0].weight.grad[0, 0] = float("inf")
     before = [p.detach().clone() for p in model.parameters()]
-    assert precision.step(optimizer) is False
+    precision.step(optimizer)
     assert precision.skipped_steps == 1
     assert precision.loss_scale == 512.0  # halved
     for old, new in zip(before, model.parameters(), strict=True):
@@ -48,7 +51,8 @@ def test_fp16_finite_step_unscales_before_the_optimizer():
     assert out16.dtype == torch.float16  # autocast really computed in fp16
     prec16.backward(loss16)
     prec32.backward(loss32)
-    assert prec16.step(opt16) and prec32.step(opt32)
+    prec16.step(opt16)
+    prec32.step(opt32)
     assert prec16.skipped_steps == 0
     for p16, p32 in zip(model16.parameters(), model32.parameters(), strict=True):
         assert p16.dtype == torch.float32  # master weights stay fp32
@@ -61,7 +65,8 @@ def test_bf16_autocasts_without_scaler():
     assert out.dtype == torch.bfloat16
     assert precision.scaler is None and precision.loss_scale == 1.0
     precision.backward(loss)
-    assert precision.step(optimizer)
+    precision.step(optimizer)
+    assert precision.skipped_steps == 0
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
@@ -71,14 +76,14 @@ def test_state_dict_round_trips_scale_and_skip_count():
     precision.backward(loss)
     model[2].bias.grad[0] = float("nan")
     precision.step(optimizer)
-    restored = Precision(PrecisionConfig(name="fp16"), device_type="cpu")
+    restored = Precision(config_of("fp16"), device_type="cpu")
     restored.load_state_dict(precision.state_dict())
     assert restored.loss_scale == 128.0 and restored.skipped_steps == 1
 
 
 def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
     torch.manual_seed(0)
-    precision = Precision(PrecisionConfig(name="fp16_pure"), device_type="cpu")
+    precision = Precision(config_of("fp16_pure"), device_type="cpu")
     model = precision.prepare(torch.nn.Sequential(
         torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
         torch.nn.Linear(4 * 6 * 6, 3)))
@@ -91,7 +96,8 @@ def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
             out = model(precision.cast_inputs(torch.randn(8, 1, 8, 8)))
         assert out.dtype == torch.float16
         precision.backward(out.float().pow(2).mean())
-        assert precision.step(optimizer) and precision.scaler is None
+        precision.step(optimizer)
+        assert precision.skipped_steps == 0 and precision.scaler is None
     assert {p.dtype for p in model.parameters()} == {torch.float16}
     assert {p.grad.dtype for p in model.parameters()} == {torch.float16}
     # No fp32 copy anywhere: the LARS momentum buffers are fp16 too.

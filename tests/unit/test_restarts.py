@@ -14,7 +14,7 @@ from ray.train.v2._internal.execution.controller.state import (
 from ray.train.v2._internal.execution.scaling_policy import ResizeDecision
 from ray.train.v2.api.exceptions import WorkerGroupError
 
-from launch.restarts import RESTARTS_FILE, RestartLog, read_restarts
+from job.restarts import RESTARTS_FILE, RestartLog, read_restarts
 
 
 def start_group(log, previous, *, workers):

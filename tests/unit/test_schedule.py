@@ -37,7 +37,6 @@ def test_from_epochs_counts_steps():
                                               epochs=4, steps_per_epoch=10, power=2.0)
     assert (schedule.warmup_steps, schedule.total_steps) == (15, 40)
     assert schedule(14) == pytest.approx(1.0)
-    assert schedule.state_dict()["total_steps"] == 40
 
 
 def test_bad_arguments_raise():

@@ -36,8 +36,10 @@ def test_ranks_per_node_override_takes_contiguous_blocks():
 
 
 def test_bad_ranks_per_node_names_the_key():
+    from comms.config import HierarchicalConfig
+
     with pytest.raises(ValueError, match="comms.ranks_per_node"):
-        topology_from_ranks_per_node(world_size=4, ranks_per_node=0)
+        HierarchicalConfig(ranks_per_node=0)
 
 
 def test_topology_rejects_missing_or_repeated_ranks():

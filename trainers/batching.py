@@ -1,5 +1,6 @@
-"""What keeps the optimisation the same whatever the world size: how the global batch is
-split over the ranks, how many steps an epoch has, and how each rank weights its loss.
+"""Batch arithmetic that keeps the optimisation the same whatever the world size: how the
+global batch is split over the ranks, how many steps an epoch has, and how each rank
+weights its loss.
 
 Ray Train restarts an elastic worker group with a new world size; the run must go on as
 if nothing happened: the same `trainer.global_batch_size` per optimizer step, and an LR

@@ -6,7 +6,7 @@
 2. Feeding a model: median train-step time of a compute-bound model fed by the pipeline
    (iter_torch_batches with prefetch) vs the same batches already in memory.
 
-    python benchmarks/ingest.py --cpus 2 --epochs 3 [--json out.json]
+    python benchmarks/ingest_bench.py --cpus 2 --epochs 3 [--json out.json]
 
 Epochs alternate between the two sides, so load from other users hits both alike; the
 first epoch of each side (worker start-up) is reported apart and left out of the medians.
@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from bench_util import write_json
 
-sys.path[0] = str(Path(__file__).resolve().parent.parent)  # replace the script's folder: Ray ships it to workers
-
-from ingest.config import DataConfig  # noqa: E402
-from ingest.imagefolder import FolderSource, list_dataset  # noqa: E402
-from ingest.pipeline import PipelineState, Sample, TransformSpec, build_split  # noqa: E402
-from launch.prepare_data import prepare  # noqa: E402
+from ingest.config import DataConfig
+from ingest.imagefolder import FolderSource, list_dataset
+from ingest.pipeline import PipelineState, Sample, TransformSpec, build_split
+from ingest.prepare import prepare
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     print(json.dumps(results, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return 0
 
 

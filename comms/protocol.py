@@ -1,0 +1,44 @@
+"""The one interface between the per-rank trainer and gradient communication.
+
+The trainer wraps its model once, runs forward/backward on what `wrap` returned, calls
+`finish` before the optimizer step, and `close` when it ends (failures included). Every
+sync (`ddp`, `fused`, `hierarchical`) implements all of it; nothing probes with hasattr.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class GradSync(Protocol):
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Make every rank start from rank 0's state; return the module to train, whose
+        backward averages the gradients over the ranks (completed by `finish`)."""
+        ...
+
+    def finish(self) -> None:
+        """Wait for this step's gradient communication; each param.grad is then the
+        average over ranks. Does nothing inside `no_sync`."""
+        ...
+
+    def no_sync(self) -> AbstractContextManager:
+        """Gradient accumulation: backward passes inside accumulate locally, with no
+        communication; the first backward after it communicates the accumulated sum."""
+        ...
+
+    def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum a small metrics tensor over all ranks, in place (returned for chaining)."""
+        ...
+
+    def describe(self) -> dict:
+        """JSON-friendly description for the run's metrics and summary (`comms`)."""
+        ...
+
+    def close(self) -> None:
+        """Release hooks, stage threads and process groups; safe to call twice."""
+        ...

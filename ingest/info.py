@@ -1,0 +1,20 @@
+"""`DatasetInfo`: what every format's builder returns alongside its Datasets, and what
+the workers read (class count, channels, sizes, normalisation, the pipeline's state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    in_channels: int
+    num_train: int
+    num_val: int
+    # Per-channel mean/std of train pixels scaled to [0, 1], for normalisation.
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # The PipelineState actor (epoch for the preprocessing, skipped samples); None when
+    # the data needs neither (synthetic).
+    state: object = None

@@ -1,0 +1,62 @@
+"""Fault injection for the recovery tests (`debug.*`), in one place.
+
+The trainer has one hook into it, `FaultInjector.at(event, ...)`, called at two events:
+"step" (before each optimizer step) and "checkpoint" (before a checkpoint is written). Each
+fault fires once per run directory (a marker file remembers it), so the restarted group
+trains on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.validation import require
+from trainers.checkpoint import CHECKPOINT_FILE, crash_while_writing
+
+
+@dataclass
+class DebugConfig:
+    # Raise once, on rank 0, before this global step (a failed worker group).
+    fail_at_step: int | None = None
+    # Once, rank 0 crashes (exits) halfway through writing this epoch's checkpoint into
+    # the run directory (the atomic-checkpoint test).
+    fail_in_checkpoint_epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.fail_at_step is None or self.fail_at_step >= 0,
+                f"debug.fail_at_step must be >= 0 or null, got {self.fail_at_step}")
+        require(self.fail_in_checkpoint_epoch is None or self.fail_in_checkpoint_epoch >= 1,
+                "debug.fail_in_checkpoint_epoch must be >= 1 or null, "
+                f"got {self.fail_in_checkpoint_epoch}")
+
+
+class FaultInjector:
+    STEP_MARKER = ".fault_injected"
+    CHECKPOINT_MARKER = ".checkpoint_fault_injected"
+
+    def __init__(self, config: DebugConfig, *, rank: int, run_dir: str | None):
+        self.config, self.rank = config, rank
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.armed = rank == 0 and self.run_dir is not None and (
+            config.fail_at_step is not None or config.fail_in_checkpoint_epoch is not None)
+
+    def at(self, event: str, *, global_step: int, epoch: int, state=None,
+           name: str = "") -> None:
+        """`event` "step": maybe raise; "checkpoint": maybe crash writing `state` as `name`."""
+        if not self.armed:
+            return
+        if event == "step" and global_step == self.config.fail_at_step:
+            if self._first_time(self.STEP_MARKER):
+                raise RuntimeError(f"fault injected before global step {global_step} "
+                                   "(debug.fail_at_step)")
+        elif event == "checkpoint" and epoch == self.config.fail_in_checkpoint_epoch:
+            if self._first_time(self.CHECKPOINT_MARKER):
+                crash_while_writing(state, path=self.run_dir / name / CHECKPOINT_FILE)
+
+    def _first_time(self, marker: str) -> bool:
+        path = self.run_dir / marker
+        if path.exists():
+            return False
+        path.touch()
+        return True

@@ -1,0 +1,284 @@
+"""The per-rank trainer: one rank's model, optimizer, precision, gradient sync and state,
+and the epochs of steps, evaluation and metrics it runs.
+
+It does not read Ray. It is given its rank, the world size, its device, a `DataFeed` (its
+batches), an optional checkpoint state and a `report` callback; the Ray Train loop
+(job/loop.py) is a thin adapter that supplies them, and tests and benchmarks drive the same
+`Trainer.step` on their own process groups.
+
+Determinism: the model init comes from `trainer.seed`; the data order and augmentation of
+epoch e on rank r come from (seed, e, r) only (the feed's job), so two runs with the same
+seed and world size see the same batches, and a resumed run continues exactly where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from comms.registry import build_grad_sync
+from ingest.batches import normalize
+from trainers.batching import (
+    loss_weight,
+    nominal_steps_per_epoch,
+    rank_batch_sizes,
+    steps_per_epoch,
+)
+from trainers.config import TrainingConfig
+from trainers.faults import FaultInjector
+from trainers.models import build_model
+from trainers.optim import build_optimizer, set_lr
+from trainers.precision import Precision
+from trainers.schedule import WarmupPolySchedule
+
+
+class DataFeed(Protocol):
+    """One rank's data: what the model needs to know of it, and its batches (dicts of
+    uint8 `image` (N, C, H, W) on the rank's device, int64 `label` and `id`)."""
+
+    num_classes: int
+    in_channels: int
+    num_train: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def train_batches(self, *, epoch: int, batch_size: int) -> Iterable[dict]:
+        """This rank's batches of epoch `epoch`; every rank's iterator must be read to the
+        end (streaming splits finish an epoch together)."""
+        ...
+
+    def val_batches(self, *, batch_size: int) -> Iterable[dict]: ...
+
+    def num_skipped(self) -> int:
+        """Distinct samples the pipeline dropped as undecodable so far."""
+        ...
+
+
+# report(metrics, state, name): state is the checkpoint to save as `name`, or None.
+Report = Callable[[dict, "dict | None", str], None]
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    train_images: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+    resumed_from_steps: list = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config: TrainingConfig, *, rank: int, world_size: int,
+                 device: torch.device, data: DataFeed, checkpoint: dict | None = None,
+                 run_dir: str | None = None):
+        self.config, self.data, self.run_dir = config, data, run_dir
+        self.rank, self.world_size, self.device = rank, world_size, device
+        trainer = config.trainer
+        torch.manual_seed(trainer.seed)
+        self.precision = Precision(config.precision, device_type=device.type)
+        self.model = self.precision.prepare(build_model(
+            name=config.model.name, num_classes=data.num_classes,
+            in_channels=data.in_channels).to(device))
+        self.optimizer = build_optimizer(config.optim, model=self.model,
+                                         upcast=self.precision.upcast_update)
+        self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
+        # The global batch stays trainer.global_batch_size whatever the world size (a
+        # resized group included); see trainers/batching.py for the rule when it does not divide.
+        batch = {"global_batch_size": trainer.global_batch_size, "world_size": world_size}
+        self.batch_size = rank_batch_sizes(**batch)[rank]
+        self.loss_weight = loss_weight(**batch, rank=rank)
+        self.steps_per_epoch = steps_per_epoch(num_train=data.num_train, **batch,
+                                               max_steps=trainer.max_steps_per_epoch)
+        # The schedule follows the global step on a world-independent epoch length.
+        self.schedule = WarmupPolySchedule.from_config(
+            config.optim, epochs=trainer.epochs, steps_per_epoch=nominal_steps_per_epoch(
+                num_train=data.num_train, global_batch_size=trainer.global_batch_size,
+                max_steps=trainer.max_steps_per_epoch))
+        self.faults = FaultInjector(config.debug, rank=rank, run_dir=run_dir)
+        self.state = TrainState()
+        if checkpoint is not None:
+            self._load(checkpoint)
+        # Wrap after restoring, so the sync broadcasts the restored weights from rank 0.
+        self.sync = build_grad_sync(config.comms, world_size=world_size, device=device)
+        self.train_model = self.sync.wrap(self.model)
+        shape = (1, data.in_channels, 1, 1)
+        self.mean = torch.tensor(data.mean, device=device).view(shape)
+        self.std = torch.tensor(data.std, device=device).view(shape)
+
+    # ---- one step ------------------------------------------------------------------
+    def inputs(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the model's normalised input (in the precision's dtype)."""
+        return self.precision.cast_inputs(normalize(images_u8, mean=self.mean, std=self.std))
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on this rank's batch; returns the (weighted) loss, detached."""
+        self.faults.at("step", global_step=self.state.global_step, epoch=self.state.epoch)
+        set_lr(self.optimizer, self.schedule(self.state.global_step))
+        # Zero in place rather than set to None: the fused syncs keep each .grad as a
+        # view into its persistent flat buffer (no allocation or copy per step).
+        self.optimizer.zero_grad(set_to_none=False)
+        with self.precision.autocast():
+            # The loss in fp32 whatever the logits' dtype (fp16_pure's are fp16).
+            loss = self.loss_fn(self.train_model(images).float(), labels) * self.loss_weight
+        self.precision.backward(loss)
+        self.sync.finish()
+        self.precision.step(self.optimizer)
+        self.state.global_step += 1
+        return loss.detach().float()
+
+    # ---- epochs --------------------------------------------------------------------
+    def fit(self, report: Report) -> None:
+        """Train the remaining epochs; `report` gets each epoch's metrics (and the
+        checkpoint state when one is due). Closes the sync when it ends, failure included."""
+        try:
+            if self.state.epoch >= self.config.trainer.epochs:
+                # Restored from a run that had already finished: report its final metrics
+                # again so the summary describes it.
+                report(self.metrics(), None, "")
+                return
+            for epoch in range(self.state.epoch, self.config.trainer.epochs):
+                self._run_epoch(epoch, report)
+        finally:
+            self.close()
+
+    def _run_epoch(self, epoch: int, report: Report) -> None:
+        stats = self.train_epoch(epoch)
+        correct, total = self.evaluate()
+        totals = self.sync.all_reduce_sum(torch.tensor(
+            [stats["loss_sum"].item(), stats["steps"], correct, total, self.batch_size],
+            dtype=torch.float64, device=self.device)).tolist()
+        _check_finite(totals[0] / totals[1], epoch=epoch, step=self.state.global_step)
+        self._finish_epoch(epoch, stats=stats, totals=totals)
+        trainer = self.config.trainer
+        if not (self.state.epoch == trainer.epochs
+                or self.state.epoch % trainer.checkpoint_every_epochs == 0):
+            report(self.metrics(), None, "")
+            return
+        name = f"checkpoint_epoch_{self.state.epoch:04d}"
+        state = self.checkpoint_state() if self.rank == 0 else None
+        self.faults.at("checkpoint", global_step=self.state.global_step,
+                       epoch=self.state.epoch, state=state, name=name)
+        report(self.metrics(), state, name)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self.train_model.train()
+        seen_ids = [] if self.config.data.record_sample_ids else None
+        loss_sum = torch.zeros((), device=self.device)
+        steps, seconds = 0, 0.0
+        start = time.perf_counter()
+        # Read the whole shard even past a max_steps cap: every worker must finish the
+        # epoch's streaming split before the next one starts.
+        for batch in self.data.train_batches(epoch=epoch, batch_size=self.batch_size):
+            if steps == self.steps_per_epoch:
+                continue
+            loss_sum += self.step(self.inputs(batch["image"]), batch["label"])
+            if seen_ids is not None:
+                seen_ids.append(batch["id"].cpu())
+            steps += 1
+            if steps == self.steps_per_epoch:
+                seconds = time.perf_counter() - start
+        # Undecodable samples dropped by the pipeline can leave fewer rows than planned; the
+        # equal split still gives every worker the same number of steps.
+        assert steps == self.steps_per_epoch or self.data.num_skipped(), (steps, self.steps_per_epoch)
+        seconds = seconds or time.perf_counter() - start
+        if seen_ids is not None:
+            self._record_ids(seen_ids, epoch=epoch)
+        return {"loss_sum": loss_sum, "steps": steps, "seconds": seconds}
+
+    def _record_ids(self, seen_ids: list, *, epoch: int) -> None:
+        directory = Path(self.run_dir) / "sample_ids"
+        directory.mkdir(parents=True, exist_ok=True)
+        ids = torch.cat(seen_ids).numpy() if seen_ids else np.empty(0, np.int64)
+        np.save(directory / f"epoch{epoch:04d}_rank{self.rank}.npy", ids)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(correct, total) of this rank's share: val batches i with i % world == rank."""
+        self.model.eval()
+        correct = total = 0.0
+        batches = self.data.val_batches(batch_size=self.config.trainer.eval_batch_size)
+        for index, batch in enumerate(batches):
+            if index % self.world_size != self.rank:
+                continue
+            with self.precision.autocast():
+                logits = self.model(self.inputs(batch["image"]))
+            correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
+            total += len(batch["label"])
+        return correct, total
+
+    def _finish_epoch(self, epoch: int, *, stats: dict, totals: list) -> None:
+        state, trainer = self.state, self.config.trainer
+        # batch_total: the samples per optimizer step summed over the ranks, as trained.
+        loss_sum, step_count, correct, total, batch_total = totals
+        images = stats["steps"] * trainer.global_batch_size
+        state.epoch = epoch + 1
+        state.train_images += images
+        state.train_seconds += stats["seconds"]
+        nodes = len(self.sync.describe().get("topology", {}).get("nodes", []))
+        record = {
+            "epoch": state.epoch, "global_step": state.global_step,
+            "train_loss": loss_sum / step_count, "val_top1": correct / total,
+            "epoch_images_per_sec": images / stats["seconds"],
+            "lr": self.schedule(state.global_step - 1),
+            "loss_scale": self.precision.loss_scale,
+            "skipped_steps": self.precision.skipped_steps, "world_size": self.world_size,
+            "global_batch_size": int(batch_total),
+            # Nodes of this group's comms topology (fused/hierarchical; rebuilt every start).
+            "comms_nodes": nodes or None,
+            "skipped_samples": self.data.num_skipped(),
+        }
+        state.history.append(record)
+        if self.rank == 0:
+            print(f"[raylars] epoch {state.epoch}/{trainer.epochs} step {state.global_step} "
+                  f"loss {record['train_loss']:.4f} val_top1 {record['val_top1']:.4f} "
+                  f"img/s {record['epoch_images_per_sec']:.0f} lr {record['lr']:.4g} "
+                  f"loss_scale {record['loss_scale']:g} skipped {record['skipped_steps']} "
+                  f"workers {self.world_size}", flush=True)
+
+    def metrics(self) -> dict:
+        """The last epoch's record, plus what the run summary needs."""
+        state = self.state
+        return {**state.history[-1], "history": state.history,
+                "steps_per_epoch": self.steps_per_epoch,
+                "images_per_sec": state.train_images / state.train_seconds,
+                "resumed_from_steps": state.resumed_from_steps, "comms": self.sync.describe()}
+
+    # ---- checkpoints and shutdown ---------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "train_state": asdict(self.state),
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+        }
+
+    def _load(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.precision.load_state_dict(saved["precision"])
+        self.state = TrainState(**saved["train_state"])
+        self.state.resumed_from_steps.append(self.state.global_step)
+
+    def close(self) -> None:
+        self.sync.close()
+
+
+def _check_finite(train_loss: float, *, epoch: int, step: int) -> None:
+    # Every rank sees the same all-reduced loss, so all stop together (no rank left
+    # waiting in a collective). A diverged run stops here instead of burning its budget;
+    # in a sweep the trial is recorded as failed and the others go on.
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"train loss is {train_loss} in epoch {epoch + 1} (by global step {step}): "
+            "training diverged; lower optim.lr or lengthen optim.warmup_epochs")
