@@ -44,6 +44,9 @@ def dataset_sizes(config: DataConfig) -> tuple[int, int]:
     return format_of(config.name).sizes(config)
 
 
-def build_datasets(config: DataConfig, *, seed: int) -> tuple[dict, DatasetInfo]:
-    """Return ({"train": ray.data.Dataset, "val": ...}, DatasetInfo). Needs Ray running."""
-    return FORMATS.build(config.name, config=config, seed=seed)
+def build_datasets(config: DataConfig, *, seed: int,
+                   in_workers: bool = False) -> tuple[dict, DatasetInfo]:
+    """Return ({"train": ray.data.Dataset, "val": ...}, DatasetInfo). Needs Ray running.
+    `in_workers` (an in-memory format the workers preprocess themselves): no Datasets,
+    and DatasetInfo.in_memory holds what the workers need."""
+    return FORMATS.build(config.name, config=config, seed=seed, in_workers=in_workers)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from common.validation import require
 from ingest.formats import FORMATS, format_of
 
+PREPROCESS_ON = ("auto", "tasks", "workers")
 AUGMENTS = ("crop_flip", "shift", "none")
 ON_ERROR = ("skip", "raise")
 
@@ -64,6 +65,11 @@ class DataConfig:
     prefetch_batches: int = 2
     # Tests: each worker writes the sample ids it trained on to run_dir/sample_ids/.
     record_sample_ids: bool = False
+    # Where an in-memory set (digits) is preprocessed: `tasks` (Ray Data map_batches),
+    # `workers` (inside each training process, ingest/memory.py), or `auto`: the workers
+    # when the cluster has less than one spare CPU per training worker. The other formats
+    # always use tasks.
+    preprocess_on: str = "auto"
 
     def __post_init__(self) -> None:
         # Checked when built, like every schema: no builder sees an unchecked config.
@@ -117,6 +123,9 @@ class DataConfig:
                 f"data.on_error: unknown {self.on_error!r}; known: {', '.join(ON_ERROR)}")
         require(self.preprocess_cpus is None or self.preprocess_cpus >= 1,
                 f"data.preprocess_cpus must be >= 1 or null, got {self.preprocess_cpus}")
+        require(self.preprocess_on in PREPROCESS_ON,
+                f"data.preprocess_on: unknown {self.preprocess_on!r}; "
+                f"known: {', '.join(PREPROCESS_ON)}")
         for key in ("preprocess_batch_size", "num_blocks", "rows_per_block", "prefetch_batches",
                     "local_shuffle_rows"):
             require(getattr(self, key) >= 1, f"data.{key} must be >= 1, got {getattr(self, key)}")

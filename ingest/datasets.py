@@ -47,10 +47,13 @@ def file_datasets(config, *, reader: ModuleType, seed: int) -> tuple[dict, Datas
     return datasets, info
 
 
-def digits_datasets(config, *, seed: int) -> tuple[dict, DatasetInfo]:
+def digits_datasets(config, *, seed: int, in_workers: bool = False) -> tuple[dict, DatasetInfo]:
+    """The digits as Ray Datasets, or, `in_workers`, only as the `MemorySplits` the
+    workers preprocess themselves (no Datasets, no PipelineState actor to start)."""
     import ray
 
     from ingest.digits import NUM_CLASSES, load_digits_arrays
+    from ingest.memory import MemorySplits
     from ingest.pipeline import ArraySource
 
     arrays = load_digits_arrays(
@@ -59,9 +62,13 @@ def digits_datasets(config, *, seed: int) -> tuple[dict, DatasetInfo]:
     sources = {split: ArraySource(ray.put(images), labels, ids)
                for split, (images, labels, ids) in arrays.items()}
     num_rows = {split: len(labels) for split, (_, labels, _) in arrays.items()}
-    # The images are already image_size: val needs no resize or crop.
-    datasets, state = _splits(config, sources=sources, num_rows=num_rows, channels=1,
-                              crop_fraction=1.0, seed=seed)
+    datasets, state = {}, None
+    if not in_workers:
+        # The images are already image_size: val needs no resize or crop.
+        datasets, state = _splits(config, sources=sources, num_rows=num_rows, channels=1,
+                                  crop_fraction=1.0, seed=seed)
+    specs = {split: _spec(config, train=split == "train", channels=1, crop_fraction=1.0)
+             for split in SPLITS}
     train_pixels = arrays["train"][0].astype(np.float64) / 255.0
     info = DatasetInfo(
         num_classes=NUM_CLASSES,
@@ -71,6 +78,9 @@ def digits_datasets(config, *, seed: int) -> tuple[dict, DatasetInfo]:
         mean=(float(train_pixels.mean()),),
         std=(float(train_pixels.std()),),
         state=state,
+        in_memory=MemorySplits(train=sources["train"], val=sources["val"],
+                               train_spec=specs["train"], val_spec=specs["val"], seed=seed,
+                               shuffle=config.shuffle),
     )
     return datasets, info
 

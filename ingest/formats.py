@@ -27,10 +27,17 @@ class Format:
     # (config, *, seed) -> ({"train": Dataset, "val": Dataset}, DatasetInfo); needs Ray.
     build: Callable[..., tuple[dict, DatasetInfo]]
     reads_path: bool = False
+    # Held decoded in memory, so the workers can preprocess it themselves (ingest/memory.py).
+    in_memory: bool = False
 
-    def __call__(self, config, *, seed: int) -> tuple[dict, DatasetInfo]:
-        """The registry's builder: `FORMATS.build(name, config=..., seed=...)`."""
-        return self.build(config, seed=seed)
+    def __call__(self, config, *, seed: int, in_workers: bool = False) -> tuple[dict, DatasetInfo]:
+        """The registry's builder: `FORMATS.build(name, config=..., seed=...)`.
+        `in_workers` (in-memory formats only): build no Datasets, only what the workers
+        preprocess themselves (DatasetInfo.in_memory)."""
+        if not in_workers:
+            return self.build(config, seed=seed)
+        assert self.in_memory, "only an in-memory format is preprocessed in the workers"
+        return self.build(config, seed=seed, in_workers=True)
 
 
 FORMATS = Registry("dataset", key="data.name")
@@ -47,10 +54,10 @@ def _digits_sizes(config) -> tuple[int, int]:
     return digits_sizes(val_fraction=config.val_fraction)
 
 
-def _digits(config, *, seed: int) -> tuple[dict, DatasetInfo]:
+def _digits(config, *, seed: int, in_workers: bool = False) -> tuple[dict, DatasetInfo]:
     from ingest.datasets import digits_datasets
 
-    return digits_datasets(config, seed=seed)
+    return digits_datasets(config, seed=seed, in_workers=in_workers)
 
 
 def _synthetic_sizes(config) -> tuple[int, int]:
@@ -93,7 +100,7 @@ def _parquet() -> ModuleType:
 
 
 # The unknown-name error lists the names in this order.
-FORMATS.register("digits", builder=Format(sizes=_digits_sizes, build=_digits))
+FORMATS.register("digits", builder=Format(sizes=_digits_sizes, build=_digits, in_memory=True))
 FORMATS.register("synthetic", builder=Format(sizes=_synthetic_sizes, build=_synthetic))
 FORMATS.register("imagefolder", builder=_file_format(_imagefolder))
 FORMATS.register("parquet", builder=_file_format(_parquet))

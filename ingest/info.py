@@ -18,3 +18,6 @@ class DatasetInfo:
     # The PipelineState actor (epoch for the preprocessing, skipped samples); None when
     # the data needs neither (synthetic).
     state: object = None
+    # ingest.memory.MemorySplits for a set held in memory (digits), which the workers
+    # can preprocess themselves; None for the others.
+    in_memory: object = None

@@ -183,7 +183,10 @@ _OBJECTS: dict[str, object] = {}
 
 
 def cached_get(ref):
-    """ray.get once per process: every task on a node reuses the same table."""
+    """ray.get once per process: every task on a node reuses the same table. A plain
+    array (a source built without Ray, e.g. in tests) is returned as it is."""
+    if isinstance(ref, np.ndarray):
+        return ref
     key = ref.hex()
     if key not in _OBJECTS:
         if len(_OBJECTS) >= 8:  # tables of older datasets
@@ -207,5 +210,9 @@ class ArraySource:
     def load(self, units: np.ndarray) -> Iterator[Sample]:
         images = cached_get(self.images)
         for unit in units:
-            yield Sample(int(self.ids[unit]), int(self.labels[unit]), images[unit],
-                         origin=f"in-memory sample {int(self.ids[unit])}")
+            yield self.sample(int(unit), images)
+
+    def sample(self, unit: int, images: np.ndarray) -> Sample:
+        sample_id = int(self.ids[unit])
+        return Sample(sample_id, int(self.labels[unit]), images[unit],
+                      origin=f"in-memory sample {sample_id}")

@@ -103,8 +103,14 @@ def reject_unknown_keys(node: DictConfig, *, prefix: str) -> None:
 
 
 def _warn_ignored(config: Config) -> None:
-    if config.data.path is not None and not config.data.reads_path:
-        warnings.warn(f"data.path is ignored by data={config.data.name}", stacklevel=3)
+    from ingest.formats import format_of
+
+    data = config.data
+    if data.path is not None and not data.reads_path:
+        warnings.warn(f"data.path is ignored by data={data.name}", stacklevel=3)
+    if data.preprocess_on == "workers" and not format_of(data.name).in_memory:
+        warnings.warn(f"data.preprocess_on=workers is ignored by data={data.name}: only a set "
+                      "held in memory (digits) can be preprocessed in the workers", stacklevel=3)
     trainer, trainer_defaults = config.trainer, type(config.trainer)()
     if trainer.min_workers is not None and trainer.num_workers != trainer_defaults.num_workers:
         warnings.warn("trainer.num_workers is ignored when trainer.min_workers/max_workers "

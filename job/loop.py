@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import ray.train.torch
 import torch
 
 from ingest import DatasetInfo, announce_epoch, num_skipped
+from ingest.memory import MemoryFeed
 from job.config import Config
 from trainers.checkpoint import CHECKPOINT_FILE, load_state, write_state
 from trainers.worker import Trainer
@@ -29,9 +31,12 @@ class RayFeed:
     """A rank's `trainers.worker.DataFeed` over Ray Data: its streaming shard of the train
     split (shuffled locally with a (seed, epoch, rank) seed) and the whole val split."""
 
+    name = "tasks"  # where the preprocessing runs (summary.json's `data_feed`)
+
     def __init__(self, info: DatasetInfo, *, config: Config, rank: int, world_size: int,
                  device: torch.device):
         self.info, self.config, self.rank, self.device = info, config, rank, device
+        self.world_size = world_size
         self.num_classes, self.in_channels = info.num_classes, info.in_channels
         self.num_train, self.mean, self.std = info.num_train, info.mean, info.std
         self.shard_rows = info.num_train // world_size
@@ -50,8 +55,12 @@ class RayFeed:
             device=self.device, pin_memory=self.device.type == "cuda")
 
     def val_batches(self, *, batch_size: int):
-        return self.val.iter_torch_batches(batch_size=batch_size, device=self.device,
-                                           prefetch_batches=self.config.data.prefetch_batches)
+        """This rank's share of the whole val split: batches i with i % world == rank."""
+        batches = self.val.iter_torch_batches(batch_size=batch_size, device=self.device,
+                                              prefetch_batches=self.config.data.prefetch_batches)
+        for index, batch in enumerate(batches):
+            if index % self.world_size == self.rank:
+                yield batch
 
     def num_skipped(self) -> int:
         return num_skipped(self.info)
@@ -89,6 +98,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     _quiet_train_report_logs()
     torch.set_num_threads(config.trainer.torch_threads or max(1, int(config.trainer.cpus_per_worker)))
+    worker_start = time.time()
     ctx = ray.train.get_context()
     rank, world_size = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -100,10 +110,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_state(Path(directory) / CHECKPOINT_FILE, map_location=device)
-    feed = RayFeed(loop_config["info"], config=config, rank=rank, world_size=world_size,
-                   device=device)
+    info = loop_config["info"]
+    if loop_config["preprocess_in_workers"]:
+        feed = MemoryFeed(info.in_memory, info, rank=rank, world_size=world_size, device=device,
+                          local_seed=lambda epoch: derived_seed(config.trainer.seed, epoch, rank))
+    else:
+        feed = RayFeed(info, config=config, rank=rank, world_size=world_size, device=device)
     trainer = Trainer(config, rank=rank, world_size=world_size, device=device, data=feed,
                       checkpoint=state, run_dir=loop_config["run_dir"])
+    trainer.startup["worker_start"] = worker_start
     if state is not None and rank == 0:
         print(f"[raylars] resumed from {checkpoint.path} at epoch {trainer.state.epoch}, "
               f"global step {trainer.state.global_step}, with {world_size} workers", flush=True)

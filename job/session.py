@@ -10,6 +10,18 @@ from job.config import Config
 
 RAY_DATA_LOGGING = Path(__file__).resolve().parent / "ray_data_logging.yaml"
 
+# The CPUs the embedded cluster this process started really has (its logical CPUs add
+# slots for Ray Data beyond them); None when we joined a cluster or started none.
+_embedded_cpus: float | None = None
+
+
+def cluster_cpus() -> float:
+    """CPUs of the cluster Ray is connected to, as hardware: for our embedded cluster the
+    machine's (or cluster.num_cpus), else what the cluster's nodes declare."""
+    import ray
+
+    return _embedded_cpus or ray.cluster_resources().get("CPU", 0.0)
+
 
 def start_ray(config: Config) -> bool:
     """Join `ray.address` or start a local cluster bound to loopback. True if we started it."""
@@ -32,6 +44,8 @@ def start_ray(config: Config) -> bool:
     default_cpus = max(os.cpu_count() or 1,
                        int(trainer.max_world_size * trainer.cpus_per_worker)) + 2
     memory = cluster.object_store_memory_mb
+    global _embedded_cpus
+    _embedded_cpus = cluster.num_cpus or os.cpu_count() or 1
     ray.init(
         # "local": always a new embedded cluster. With no address Ray would join whatever
         # cluster last ran on this machine (`ray start`, another job), against the contract.
@@ -59,4 +73,6 @@ def ray_session(config: Config):
         yield output_dir
     finally:
         if started:
+            global _embedded_cpus
+            _embedded_cpus = None
             ray.shutdown()

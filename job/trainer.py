@@ -9,9 +9,22 @@ from pathlib import Path
 
 from job.config import Config, to_plain_dict
 from job.restarts import RestartLog, read_restarts
-from job.session import ray_session
+from job.session import cluster_cpus, ray_session
 
 SUMMARY_FILE = "summary.json"
+
+
+def preprocess_in_workers(config: Config) -> bool:
+    """Whether the workers preprocess an in-memory set themselves (ingest/memory.py),
+    from the CPUs the connected cluster really has against what training holds."""
+    from ingest.formats import format_of
+    from ingest.memory import use_worker_preprocessing
+
+    trainer = config.trainer
+    return use_worker_preprocessing(
+        choice=config.data.preprocess_on, in_memory=format_of(config.data.name).in_memory,
+        cluster_cpus=cluster_cpus(), num_workers=trainer.max_world_size,
+        training_cpus=trainer.max_world_size * trainer.cpus_per_worker)
 
 
 def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callbacks=None):
@@ -31,9 +44,13 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
     DataContext.get_current().enable_progress_bars = False
     trainer = config.trainer
     resources = {"CPU": trainer.cpus_per_worker, **trainer.worker_resources}
+    # No Datasets: the workers preprocess the in-memory set themselves (ingest/memory.py).
+    in_workers = not datasets
+    assert not in_workers or info.in_memory is not None, "no data for the workers"
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "info": info, "run_dir": str(run_dir)},
+        train_loop_config={"config": config, "info": info, "run_dir": str(run_dir),
+                           "preprocess_in_workers": in_workers},
         # An elastic range: Ray restarts the group from the last checkpoint at a new size
         # when workers fail or nodes join; the loop keeps the global batch and schedule.
         scaling_config=ScalingConfig(
@@ -48,6 +65,7 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
             callbacks=[*(callbacks or []), RestartLog(run_dir=str(run_dir))],
         ),
         torch_config=TorchConfig(backend=config.comms.backend) if config.comms.backend else None,
+        # Empty when the workers preprocess in-memory data themselves.
         datasets=datasets,
         # Train is split into equal streaming shards; val is read whole by every worker,
         # which evaluates its share of batches, so no val sample is dropped by the split.
@@ -61,16 +79,36 @@ def run_training(config: Config) -> dict:
     """Train with `config` (already validated); write and return the summary."""
     from ingest import build_datasets
 
+    stamps = {"run_start": time.time()}
+    begin = time.perf_counter()
     with ray_session(config) as output_dir:
-        begin = time.perf_counter()
-        datasets, info = build_datasets(config.data, seed=config.trainer.seed)
+        stamps["ray_started"] = time.time()
+        datasets, info = build_datasets(config.data, seed=config.trainer.seed,
+                                        in_workers=preprocess_in_workers(config))
+        stamps["datasets_built"] = time.time()
         trainer = build_trainer(config, datasets=datasets, info=info,
                                 run_dir=output_dir / config.run.name)
         result = trainer.fit()
         summary = make_summary(config, result=result, seconds=time.perf_counter() - begin,
                                run_dir=output_dir / config.run.name)
+    summary["startup_s"] = startup_breakdown(stamps, (result.metrics or {}).get("startup", {}))
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def startup_breakdown(driver: dict, worker: dict) -> dict:
+    """Seconds of each start-up phase (None where a stamp is missing, e.g. a run restored
+    after it had finished) and `run_start`, the driver's wall-clock start."""
+    stamps = {**driver, **worker}
+    order = ("run_start", "ray_started", "datasets_built", "worker_start", "first_batch",
+             "first_step")
+    names = ("ray_start", "dataset_setup", "worker_group_start", "first_batch", "first_step")
+    phases = {name: (round(stamps[b] - stamps[a], 3) if a in stamps and b in stamps else None)
+              for name, a, b in zip(names, order[:-1], order[1:], strict=True)}
+    last = stamps.get("first_step")
+    phases["to_first_step"] = round(last - stamps["run_start"], 3) if last else None
+    phases["run_start"] = stamps["run_start"]
+    return phases
 
 
 def make_summary(config: Config, *, result, seconds: float, run_dir: Path) -> dict:
@@ -79,6 +117,9 @@ def make_summary(config: Config, *, result, seconds: float, run_dir: Path) -> di
         # restarts, world_size_history (one entry per started worker group), restart_events
         **read_restarts(run_dir),
         "val_top1": metrics.get("val_top1"),
+        "val_top5": metrics.get("val_top5"),
+        # Val samples evaluated (each once, across all workers).
+        "val_samples": metrics.get("val_samples"),
         "train_loss": metrics.get("train_loss"),
         "images_per_sec": metrics.get("images_per_sec"),
         "epochs_completed": metrics.get("epoch", 0),
@@ -90,6 +131,8 @@ def make_summary(config: Config, *, result, seconds: float, run_dir: Path) -> di
         # Undecodable images the input pipeline dropped (distinct samples, train and val).
         "skipped_samples": metrics.get("skipped_samples", 0),
         "comms": metrics.get("comms"),
+        # Where the preprocessing ran: "tasks" (Ray Data) or "workers" (data.preprocess_on).
+        "data_feed": metrics.get("data_feed"),
         "resumed_from_steps": metrics.get("resumed_from_steps", []),
         "wall_seconds": round(seconds, 2),
         "history": metrics.get("history", []),

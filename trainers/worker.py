@@ -44,6 +44,7 @@ class DataFeed(Protocol):
     """One rank's data: what the model needs to know of it, and its batches (dicts of
     uint8 `image` (N, C, H, W) on the rank's device, int64 `label` and `id`)."""
 
+    name: str  # where the preprocessing runs, for the summary
     num_classes: int
     in_channels: int
     num_train: int
@@ -104,6 +105,9 @@ class Trainer:
                 num_train=data.num_train, global_batch_size=trainer.global_batch_size,
                 max_steps=trainer.max_steps_per_epoch))
         self.faults = FaultInjector(config.debug, rank=rank, run_dir=run_dir)
+        # Wall-clock stamps (time.time()) of this group's start-up, for the summary: the
+        # adapter sets "worker_start"; the first epoch adds "first_batch", "first_step".
+        self.startup: dict[str, float] = {}
         self.state = TrainState()
         if checkpoint is not None:
             self._load(checkpoint)
@@ -152,10 +156,10 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, report: Report) -> None:
         stats = self.train_epoch(epoch)
-        correct, total = self.evaluate()
-        totals = self.sync.all_reduce_sum(torch.tensor(
-            [stats["loss_sum"].item(), stats["steps"], correct, total, self.batch_size],
-            dtype=torch.float64, device=self.device)).tolist()
+        steps = torch.tensor([stats["steps"], self.batch_size], dtype=torch.float64,
+                             device=self.device)
+        totals = self.sync.all_reduce_sum(torch.cat([
+            stats["loss_sum"].double().reshape(1), steps, self.evaluate()])).tolist()
         _check_finite(totals[0] / totals[1], epoch=epoch, step=self.state.global_step)
         self._finish_epoch(epoch, stats=stats, totals=totals)
         trainer = self.config.trainer
@@ -180,7 +184,10 @@ class Trainer:
         for batch in self.data.train_batches(epoch=epoch, batch_size=self.batch_size):
             if steps == self.steps_per_epoch:
                 continue
+            self.startup.setdefault("first_batch", time.time())
             loss_sum += self.step(self.inputs(batch["image"]), batch["label"])
+            # On CUDA the step is queued, not done: a start-up figure, not a step time.
+            self.startup.setdefault("first_step", time.time())
             if seen_ids is not None:
                 seen_ids.append(batch["id"].cpu())
             steps += 1
@@ -201,24 +208,24 @@ class Trainer:
         np.save(directory / f"epoch{epoch:04d}_rank{self.rank}.npy", ids)
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """(correct, total) of this rank's share: val batches i with i % world == rank."""
+    def evaluate(self) -> torch.Tensor:
+        """[top-1 correct, top-5 correct, samples] of this rank's share of the val set,
+        on the device (summed over ranks with the epoch's other totals, one host sync)."""
         self.model.eval()
-        correct = total = 0.0
-        batches = self.data.val_batches(batch_size=self.config.trainer.eval_batch_size)
-        for index, batch in enumerate(batches):
-            if index % self.world_size != self.rank:
-                continue
+        counts = torch.zeros(3, dtype=torch.float64, device=self.device)
+        k = min(5, self.data.num_classes)
+        for batch in self.data.val_batches(batch_size=self.config.trainer.eval_batch_size):
             with self.precision.autocast():
                 logits = self.model(self.inputs(batch["image"]))
-            correct += (logits.argmax(dim=1) == batch["label"]).sum().item()
-            total += len(batch["label"])
-        return correct, total
+            hits = logits.topk(k, dim=1).indices == batch["label"][:, None]
+            counts += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum(),
+                                   torch.tensor(len(hits), device=self.device)])
+        return counts
 
     def _finish_epoch(self, epoch: int, *, stats: dict, totals: list) -> None:
         state, trainer = self.state, self.config.trainer
         # batch_total: the samples per optimizer step summed over the ranks, as trained.
-        loss_sum, step_count, correct, total, batch_total = totals
+        loss_sum, step_count, batch_total, top1, top5, val_samples = totals
         images = stats["steps"] * trainer.global_batch_size
         state.epoch = epoch + 1
         state.train_images += images
@@ -226,7 +233,8 @@ class Trainer:
         nodes = len(self.sync.describe().get("topology", {}).get("nodes", []))
         record = {
             "epoch": state.epoch, "global_step": state.global_step,
-            "train_loss": loss_sum / step_count, "val_top1": correct / total,
+            "train_loss": loss_sum / step_count, "val_top1": top1 / val_samples,
+            "val_top5": top5 / val_samples, "val_samples": int(val_samples),
             "epoch_images_per_sec": images / stats["seconds"],
             "lr": self.schedule(state.global_step - 1),
             "loss_scale": self.precision.loss_scale,
@@ -250,7 +258,8 @@ class Trainer:
         return {**state.history[-1], "history": state.history,
                 "steps_per_epoch": self.steps_per_epoch,
                 "images_per_sec": state.train_images / state.train_seconds,
-                "resumed_from_steps": state.resumed_from_steps, "comms": self.sync.describe()}
+                "resumed_from_steps": state.resumed_from_steps, "comms": self.sync.describe(),
+                "startup": self.startup, "data_feed": self.data.name}
 
     # ---- checkpoints and shutdown ---------------------------------------------------
     def checkpoint_state(self) -> dict:

@@ -40,7 +40,8 @@ def point_key(trial: dict) -> str:
     return f"{trial['lr']:.6g}/{trial['warmup_epochs']:g}"
 
 
-def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict]) -> None:
+def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict],
+             in_workers: bool) -> None:
     """One Tune trial: train `base` with the trial's LR and warmup on Ray Train, from the
     checkpoint an earlier stage left at this point if there is one."""
     import ray.tune
@@ -55,7 +56,8 @@ def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict]) -> Non
     config.trainer.resume_from = starts[point_key(params["trial"])]["resume_from"]
     config.run.name = "train"
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    datasets, info = build_datasets(config.data, seed=config.trainer.seed)
+    datasets, info = build_datasets(config.data, seed=config.trainer.seed,
+                                    in_workers=in_workers)
     trainer = build_trainer(config, datasets=datasets, info=info, run_dir=trial_dir / "train",
                             callbacks=[TuneReportCallback()])
     trainer.fit()
@@ -76,12 +78,16 @@ def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path) -> list[di
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from job.trainer import preprocess_in_workers
+
+    starts = plan.starts()
+    # Decided here, on the driver, which knows the embedded cluster's real CPUs.
+    trainable = tune.with_parameters(trial_fn, base=config, starts=starts,
+                                     in_workers=preprocess_in_workers(config))
     # The trial function only drives a TorchTrainer whose workers hold the real CPUs. Tune
     # rejects an empty request, and a token CPU share (0.01) would leave 0.99 CPU on a node
     # where Ray Data's 1-CPU tasks then never fit; so it asks for a little memory instead.
-    starts = plan.starts()
-    trainable = tune.with_resources(tune.with_parameters(trial_fn, base=config, starts=starts),
-                                    {"CPU": 0, "memory": 64 * 1024**2})
+    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 1024**2})
     path = storage / plan.name
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable)
