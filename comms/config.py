@@ -53,9 +53,10 @@ class FusedConfig(CommsConfig):
     name: str = "fused"
     # Fused segments whose allreduce overlaps backward.
     segments: int = 2
-    # Where the segments split: auto (after the first step, the cost model picks the split
-    # from that step's measured bucket-ready times and the allreduce time line measured at
-    # wrap), bytes (equal bytes per segment).
+    # Where the segments split: auto (after the second step, the cost model picks the split
+    # from that step's measured bucket-ready times, CUDA events on GPU, and the allreduce
+    # time line measured at wrap; the first step is warm-up), bytes (equal bytes per
+    # segment).
     split: str = "auto"
 
     def __post_init__(self) -> None:
@@ -75,7 +76,8 @@ class HierarchicalConfig(FusedConfig):
     ranks_per_node: int | None = None
     # reduce_bcast (reduce to the node leader, leaders allreduce, broadcast), 2d
     # (reduce-scatter, per-shard allreduce across nodes, allgather; equal ranks per node),
-    # auto (2d on nccl when nodes are equal and both levels exist, else reduce_bcast).
+    # auto (on nccl: 2d when nodes are equal and both levels exist, else nccl's own
+    # allreduce over the whole group, as comms=fused; on gloo: reduce_bcast).
     variant: str = "auto"
     # The stages pipeline over chunks of at most this many MB, so the intra-node reduce and
     # broadcast of one chunk overlap the inter-node allreduce of others (BENCHMARKS.md, 2

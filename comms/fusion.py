@@ -6,8 +6,8 @@ them, are packed into buckets of at most `comms.fusion_threshold_mb`; a gradient
 than the threshold travels alone. Consecutive buckets are grouped into `comms.segments`
 segments; a segment's allreduce is launched once all its gradients are ready, so the first
 segments overlap the rest of backward (the brief's segmented fusion). `FlatBuffers` then
-allocates one flat tensor per bucket and makes every `param.grad` a view into it, so no
-gradient is copied per step.
+allocates one flat tensor per bucket and makes every `param.grad` a view into it (in the
+parameter's own layout, channels_last included), so no gradient is copied per step.
 """
 
 from __future__ import annotations
@@ -136,6 +136,28 @@ def plan_for_params(params: Sequence[torch.Tensor], *, threshold_mb: float,
     return FusionPlan(buckets=buckets, segments=segments)
 
 
+def _dense_strides(tensor: torch.Tensor) -> bool:
+    """Whether the tensor covers exactly numel consecutive elements in some dimension
+    order (contiguous, channels_last, any permutation of a dense layout)."""
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride(), strict=True),
+                               key=lambda pair: pair[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def grad_view(flat: torch.Tensor, offset: int, param: torch.Tensor) -> torch.Tensor:
+    """The gradient view of `param` at `offset` in `flat`, with the parameter's strides
+    when it is dense in another layout (channels_last convolution weights), as DDP's
+    bucket views are: backward's gradient then accumulates into it without a layout
+    change per step."""
+    if not param.is_contiguous() and _dense_strides(param):
+        return flat.as_strided(param.shape, param.stride(), flat.storage_offset() + offset)
+    return flat[offset:offset + param.numel()].view_as(param)
+
+
 class FlatBuffers:
     """One persistent flat tensor per bucket; `param.grad` of every parameter is a view."""
 
@@ -153,9 +175,8 @@ class FlatBuffers:
             padded = -(-bucket.numel // pad_multiple) * pad_multiple
             flat = torch.zeros(padded, dtype=first.dtype, device=first.device)
             self.flat.append(flat)
-            for tensor, offset, numel in zip(bucket.tensors, bucket.offsets(), bucket.numels,
-                                             strict=True):
-                self.views[tensor] = flat[offset:offset + numel].view_as(self.params[tensor])
+            for tensor, offset in zip(bucket.tensors, bucket.offsets(), strict=True):
+                self.views[tensor] = grad_view(flat, offset, self.params[tensor])
                 self.bucket_of[tensor] = index
 
     def install_grad_views(self) -> None:

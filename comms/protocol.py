@@ -1,7 +1,8 @@
 """The one interface between the per-rank trainer and gradient communication.
 
 The trainer wraps its model once, runs forward/backward on what `wrap` returned, calls
-`finish` before the optimizer step, and `close` when it ends (failures included). Every
+`finish` before the optimizer step, `sync_buffers` on every rank before evaluating and
+before writing a checkpoint, and `close` when it ends (failures included). Every
 sync (`ddp`, `fused`, `hierarchical`) implements all of it; nothing probes with hasattr.
 """
 
@@ -31,8 +32,16 @@ class GradSync(Protocol):
         communication; the first backward after it communicates the accumulated sum."""
         ...
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Make every rank's buffers (BatchNorm running statistics) rank 0's, in one
+        collective per dtype. Training lets them drift apart (they are written, never read,
+        in training mode); call it on every rank (it is collective) before evaluation and
+        before a checkpoint is written."""
+        ...
+
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Sum a small metrics tensor over all ranks, in place (returned for chaining)."""
+        """Sum a small metrics tensor over all ranks, in place (returned for chaining); it
+        must be on the sync's device (on nccl: the rank's GPU)."""
         ...
 
     def describe(self) -> dict:

@@ -4,9 +4,11 @@ It owns the overlap of communication with backward: a post-accumulate-grad hook 
 parameter counts the gradients still missing per bucket; when the last bucket of a segment
 is complete, that segment's allreduce is launched (segments strictly in plan order, so all
 ranks issue the same collectives in the same order) while backward goes on. `finish()`
-launches whatever is left, waits for everything and turns sums into averages. Inside
-`no_sync()` (gradient accumulation) the hooks do nothing and gradients accumulate in the
-buffers until the first backward after it.
+launches whatever is left, waits for everything (on CUDA: makes the compute stream wait,
+without blocking the host) and turns sums into averages. Inside `no_sync()` (gradient
+accumulation) the hooks do nothing and gradients accumulate in the buffers until the first
+backward after it. Buffers (BatchNorm statistics) are made consistent by `sync_buffers`
+only, before evaluation and checkpoints (comms/buffers.py says why that is enough).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from comms.allreduce import (
     build_groups,
     time_allreduce,
 )
-from comms.collectives import all_reduce_sum
+from comms.buffers import broadcast_state, sync_buffers
+from comms.collectives import Collectives
 from comms.config import FusedConfig, HierarchicalConfig
 from comms.cost_model import choose_split, fit_line
 from comms.fusion import FlatBuffers, FusionPlan, plan_for_params, segments_from_splits
+from comms.readiness import MEASURED_STEP, BucketClock
 from comms.topology import Topology, topology_from_node_keys, topology_from_ranks_per_node
 
 _WIRE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -47,71 +51,45 @@ def local_node_key() -> str:
     return socket.gethostname()
 
 
-def discover_topology(*, ranks_per_node: int | None, node_key: str | None = None) -> Topology:
-    """`comms.ranks_per_node` if set, else group ranks by the node key every rank reports."""
+def discover_topology(*, ranks_per_node: int | None, node_key: str | None = None,
+                      comm: Collectives | None = None) -> Topology:
+    """`comms.ranks_per_node` if set, else group ranks by the node key every rank reports
+    (exchanged as tensors on the sync's device: on nccl, the rank's GPU)."""
     world_size = dist.get_world_size()
     if ranks_per_node is not None:
         return topology_from_ranks_per_node(world_size=world_size, ranks_per_node=ranks_per_node)
-    keys: list = [None] * world_size
-    dist.all_gather_object(keys, node_key or local_node_key())
+    keys = (comm or Collectives()).all_gather_strings(node_key or local_node_key())
     return topology_from_node_keys(keys)
 
 
 def choose_variant(*, requested: str, topology: Topology, backend: str = "gloo") -> str:
-    """auto: 2d on nccl with equal nodes and two levels. gloo's reduce-scatter is slow
-    enough that reduce_bcast wins there (BENCHMARKS.md: 2d took 2.4x fused on one host
-    and 1.2x reduce_bcast across emulated hosts)."""
+    """The algorithm of comms=hierarchical: `2d`, `reduce_bcast`, or `ring` (the backend's
+    own allreduce over the whole group, what comms=fused runs).
+
+    auto on nccl: 2d where nodes are equal and both levels exist; otherwise nccl's own
+    ring/tree, which drives every GPU's NIC, where reduce_bcast would send all of a node's
+    inter-node bytes through its leader's one NIC (1 of 4-8 on p4d/DGX). auto on gloo:
+    reduce_bcast; gloo's reduce-scatter is slow enough that it wins there (BENCHMARKS.md:
+    2d took 2.4x fused on one host and 1.2x reduce_bcast across emulated hosts). An explicit
+    variant is used as asked."""
     if requested != "auto":
         return requested
+    if backend != "nccl":
+        return "reduce_bcast"
     two_levels = topology.num_nodes > 1 and topology.world_size > topology.num_nodes
-    if backend == "nccl" and two_levels and topology.is_uniform:
-        return "2d"
-    return "reduce_bcast"
-
-
-@torch.no_grad()
-def broadcast_state(model: nn.Module, *, src: int = 0) -> None:
-    """Make every rank start from rank `src`'s parameters and buffers (as DDP does)."""
-    tensors = [t for t in (*model.parameters(), *model.buffers())]
-    works = [dist.broadcast(t.data, src=src, async_op=True) for t in tensors]
-    for work in works:
-        work.wait()
-
-
-class _BufferBroadcast(nn.Module):
-    """Wraps the model: in training, broadcasts rank 0's buffers (BatchNorm statistics)
-    before each forward, as DDP's broadcast_buffers does, so evaluation sees the same
-    running statistics as under comms=ddp."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args, **kwargs):
-        if self.training and dist.is_initialized() and dist.get_world_size() > 1:
-            broadcast_buffers(self.module)
-        return self.module(*args, **kwargs)
-
-
-@torch.no_grad()
-def broadcast_buffers(module: nn.Module) -> None:
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for buffer in module.buffers():
-        by_dtype.setdefault(buffer.dtype, []).append(buffer)
-    for buffers in by_dtype.values():
-        # One collective per dtype instead of one per buffer.
-        flat = torch.cat([b.reshape(-1) for b in buffers])
-        dist.broadcast(flat, src=0)
-        for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
-            buffer.copy_(part.view_as(buffer))
+    return "2d" if two_levels and topology.is_uniform else "ring"
 
 
 class FusedSync:
-    """Fused, segmented, overlapped gradient allreduce (flat or hierarchical)."""
+    """Fused, segmented, overlapped gradient allreduce (flat or hierarchical).
+
+    `ordered` (hierarchical only): issue every stage from the calling thread in one fixed
+    order (comms/allreduce.py); None: on nccl, where it is required. Tests force it on gloo."""
 
     def __init__(self, config: FusedConfig, *, world_size: int, device: torch.device,
-                 topology: Topology | None = None):
+                 topology: Topology | None = None, ordered: bool | None = None):
         self.config, self.world_size, self.device = config, world_size, device
+        self.comm = Collectives(device)
         self.hierarchical = isinstance(config, HierarchicalConfig)
         self.variant: str | None = None  # the hierarchical variant chosen for the topology
         self.groups: CommGroups | None = None
@@ -120,8 +98,9 @@ class FusedSync:
             if not dist.is_initialized():
                 raise RuntimeError("comms=fused|hierarchical needs an initialized process group")
             topology = topology or discover_topology(
-                ranks_per_node=config.ranks_per_node if self.hierarchical else None)
-            self.algorithm = self._build_algorithm(topology)
+                ranks_per_node=config.ranks_per_node if self.hierarchical else None,
+                comm=self.comm)
+            self.algorithm = self._build_algorithm(topology, ordered=ordered)
         self.topology = topology or Topology(nodes=((0,),))
         self.plan: FusionPlan | None = None
         self.buffers: FlatBuffers | None = None
@@ -133,17 +112,23 @@ class FusedSync:
         self._next_segment = 0
         self._handles: list = []
         self.last_step: dict = {}
+        # split=auto: pending until the measured step (readiness.MEASURED_STEP) is done.
         self._auto_split = False
+        self._steps_done = 0  # finished steps whose backward ran the hooks
+        self._clock: BucketClock | None = None
         self.split_source = "bytes"
 
-    def _build_algorithm(self, topology: Topology):
+    def _build_algorithm(self, topology: Topology, *, ordered: bool | None):
         if not self.hierarchical:
-            return RingAllreduce()
+            return RingAllreduce(comm=self.comm)
         variant = self.variant = choose_variant(requested=self.config.variant, topology=topology,
                                                 backend=str(dist.get_backend()))
-        self.groups = build_groups(topology, cross=variant == "2d")
-        return HierarchicalAllreduce(self.groups, variant=variant,
-                                      chunk_mb=self.config.pipeline_chunk_mb)
+        if variant == "ring":
+            return RingAllreduce(comm=self.comm)  # no subgroups needed
+        # Once per sync, i.e. once per worker-group start; the same order on every rank.
+        self.groups = build_groups(topology, cross=variant == "2d", comm=self.comm)
+        return HierarchicalAllreduce(self.groups, variant=variant, ordered=ordered,
+                                     chunk_mb=self.config.pipeline_chunk_mb)
 
     # ---- the loop's interface -------------------------------------------------------
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -161,7 +146,7 @@ class FusedSync:
                       for flat in self.buffers.flat]
         if self.world_size == 1:
             return model
-        broadcast_state(model)
+        broadcast_state(model, comm=self.comm)
         self._hooks = [p.register_post_accumulate_grad_hook(self._make_hook(i))
                        for i, p in enumerate(params)]
         self._auto_split = (self.config.split == "auto" and self.config.segments > 1
@@ -169,10 +154,12 @@ class FusedSync:
         if self._auto_split:
             self._comm_line = self._measure_comm_line()
         self._reset_step()
-        return _BufferBroadcast(model)
+        return model
 
     def finish(self) -> None:
-        """Wait for every segment; leave each param.grad holding the average over ranks."""
+        """Wait for every segment; leave each param.grad holding the average over ranks.
+        On CUDA the waits make the current (compute) stream wait for the last stage of
+        every chunk, so the optimizer's kernels queue behind the communication."""
         if self.world_size == 1 or self._accumulating:
             return
         start = time.perf_counter()
@@ -187,15 +174,20 @@ class FusedSync:
                 flat.copy_(wire)  # compressed: averaged before the cast, see _launch_next
         self._stats["finish_wait_s"] = time.perf_counter() - start
         self.last_step = self._stats
+        if self.last_step["first_hook_s"] is not None:  # a finish() without backward
+            self._steps_done += 1                          # measures nothing
+        clock = self._clock
         self._reset_step()
-        # Once, after the first step whose backward ran the hooks (that step is the
-        # measurement; a finish() without backward measures nothing).
-        if self._auto_split and self.last_step["first_hook_s"] is not None:
+        if clock is not None and clock.started:
             self._auto_split = False
-            self._choose_split_from_step(self.last_step)
+            self._choose_split(clock)
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Every rank's buffers := rank 0's (before evaluation and checkpoints)."""
+        sync_buffers(model, comm=self.comm, world_size=self.world_size)
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return all_reduce_sum(values, world_size=self.world_size)
+        return self.comm.all_reduce_sum(values, world_size=self.world_size)
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -213,6 +205,8 @@ class FusedSync:
                 "compress": self.config.compress,
                 "topology": self.topology.describe()}
         info["algorithm"] = self.algorithm.describe() if self.algorithm else {"algorithm": "none"}
+        if self.variant is not None:
+            info["variant"] = self.variant
         if self.groups is not None:
             info["groups"] = {"intra": [list(n) for n in self.topology.nodes if len(n) > 1],
                               "leaders": list(self.topology.leaders)}
@@ -239,23 +233,22 @@ class FusedSync:
         sizes = [n * self._wire[0].element_size() for n in numels]
         return fit_line(sizes_bytes=sizes, times_s=times)
 
-    def _choose_split_from_step(self, step: dict) -> None:
+    def _choose_split(self, clock: BucketClock) -> None:
         """Rank 0 picks the split minimising the end of communication for the step just
         measured; every rank adopts it (the launch order must be identical)."""
-        splits = torch.full((self.config.segments,), -1, dtype=torch.int64)
+        values = [-1] * self.config.segments  # [count, split points..., -1 padding]
         if dist.get_rank() == 0:
-            stamps, begin = step["bucket_ready_s"], step["first_hook_s"]
-            ready = [(stamps.get(i, step["last_hook_s"]) - begin)
-                     for i in range(len(self.plan.buckets))]
             c0, c1 = self._comm_line
-            chosen, end = choose_split(
-                ready_s=ready, bucket_bytes=[w.numel() * w.element_size() for w in self._wire],
+            chosen, _ = choose_split(
+                ready_s=clock.ready_s(),
+                bucket_bytes=[w.numel() * w.element_size() for w in self._wire],
                 comm_s=lambda nbytes: c0 + c1 * nbytes, num_segments=self.config.segments)
-            splits[0] = len(chosen)
-            splits[1:1 + len(chosen)] = torch.tensor(chosen, dtype=torch.int64)
-        dist.broadcast(splits, src=0)
-        count = int(splits[0])
-        self.set_segments([int(s) for s in splits[1:1 + count]])
+            values[:1 + len(chosen)] = [len(chosen), *chosen]
+        # On the sync's device: nccl has no CPU tensors.
+        splits = torch.tensor(values, dtype=torch.int64, device=self.comm.device)
+        self.comm.broadcast(splits, src=0)
+        count, *points = splits.tolist()
+        self.set_segments(points[:count])
         self.split_source = "cost_model"
 
     def close(self) -> None:
@@ -278,6 +271,9 @@ class FusedSync:
         # the benchmark read when each segment went out relative to backward).
         self._stats = {"launch_s": [], "grads_left_at_launch": [], "first_hook_s": None,
                        "last_hook_s": None, "bucket_ready_s": {}}
+        measure = self._auto_split and self._steps_done == MEASURED_STEP - 1
+        self._clock = (BucketClock(len(self.plan.buckets), device=self.comm.device)
+                       if measure else None)
 
     def _make_hook(self, index: int):
         def hook(param: torch.Tensor) -> None:
@@ -285,6 +281,8 @@ class FusedSync:
                 return
             self.buffers.adopt(index)
             now = time.perf_counter()
+            if self._clock is not None:
+                self._clock.hook()
             self._stats["first_hook_s"] = self._stats["first_hook_s"] or now
             self._stats["last_hook_s"] = now
             self._hooks_left -= 1
@@ -292,6 +290,8 @@ class FusedSync:
             self._missing_grads[bucket] -= 1
             if self._missing_grads[bucket] == 0:
                 self._stats["bucket_ready_s"][bucket] = now
+                if self._clock is not None:
+                    self._clock.bucket_ready(bucket)
                 self._missing_buckets[self._segment_of[bucket]] -= 1
             # Launch in plan order only: every rank must issue the same sequence.
             while (self._next_segment < len(self.plan.segments)

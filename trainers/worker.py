@@ -14,6 +14,7 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +39,7 @@ from trainers.models import build_model
 from trainers.optim import build_optimizer, set_lr
 from trainers.precision import Precision
 from trainers.schedule import WarmupPolySchedule
+from trainers.speed import configure_for_speed
 
 
 class DataFeed(Protocol):
@@ -89,6 +91,11 @@ class Trainer:
         self.model = self.precision.prepare(build_model(
             name=config.model.name, num_classes=data.num_classes,
             in_channels=data.in_channels).to(device))
+        # cuDNN autotuning/TF32 on CUDA, channels_last (null: on for CUDA), torch.compile;
+        # before the optimizer state and the sync's buffers are made from the parameters.
+        # TODO(config owner): channels_last=trainer.channels_last, compile=trainer.compile.
+        self.model = configure_for_speed(self.model, device=device, channels_last=None,
+                                         compile=False)
         self.optimizer = build_optimizer(config.optim, model=self.model,
                                          upcast=self.precision.upcast_update)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
@@ -124,20 +131,31 @@ class Trainer:
         return self.precision.cast_inputs(normalize(images_u8, mean=self.mean, std=self.std))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on this rank's batch; returns the (weighted) loss, detached."""
+        """One optimizer step on this rank's batch, in micro-batches of at most
+        `trainer.micro_batch_size`; returns the (weighted) loss, detached."""
         self.faults.at("step", global_step=self.state.global_step, epoch=self.state.epoch)
         set_lr(self.optimizer, self.schedule(self.state.global_step))
         # Zero in place rather than set to None: the fused syncs keep each .grad as a
         # view into its persistent flat buffer (no allocation or copy per step).
         self.optimizer.zero_grad(set_to_none=False)
-        with self.precision.autocast():
-            # The loss in fp32 whatever the logits' dtype (fp16_pure's are fp16).
-            loss = self.loss_fn(self.train_model(images).float(), labels) * self.loss_weight
-        self.precision.backward(loss)
+        parts = _micro_batches(len(labels), self.config.trainer.micro_batch_size)
+        total = torch.zeros((), device=labels.device)
+        for index, part in enumerate(parts):
+            # Only the last pass communicates: the others accumulate into .grad locally.
+            last = index == len(parts) - 1
+            with contextlib.nullcontext() if last else self.sync.no_sync():
+                with self.precision.autocast():
+                    # The loss in fp32 whatever the logits' dtype (fp16_pure's are fp16);
+                    # each pass weighted by its share, so the sum is the batch's mean.
+                    share = (part.stop - part.start) / len(labels)
+                    loss = self.loss_fn(self.train_model(images[part]).float(), labels[part])
+                    loss = loss * (self.loss_weight * share)
+                self.precision.backward(loss)
+            total += loss.detach().float()
         self.sync.finish()
         self.precision.step(self.optimizer)
         self.state.global_step += 1
-        return loss.detach().float()
+        return total
 
     # ---- epochs --------------------------------------------------------------------
     def fit(self, report: Report) -> None:
@@ -211,6 +229,9 @@ class Trainer:
     def evaluate(self) -> torch.Tensor:
         """[top-1 correct, top-5 correct, samples] of this rank's share of the val set,
         on the device (summed over ranks with the epoch's other totals, one host sync)."""
+        # BN statistics are made consistent here (every rank takes rank 0's), not before
+        # each forward; the checkpoint written after evaluation sees the same ones.
+        self.sync.sync_buffers(self.model)
         self.model.eval()
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         k = min(5, self.data.num_classes)
@@ -281,6 +302,12 @@ class Trainer:
 
     def close(self) -> None:
         self.sync.close()
+
+
+def _micro_batches(size: int, micro: int | None) -> list[slice]:
+    """Slices of a batch of `size` in passes of at most `micro` (None: one pass)."""
+    micro = micro or size
+    return [slice(start, min(start + micro, size)) for start in range(0, size, micro)]
 
 
 def _check_finite(train_loss: float, *, epoch: int, step: int) -> None:

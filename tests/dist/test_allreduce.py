@@ -31,6 +31,9 @@ def _allreduce_all_ways(rank, world_size, node_keys):
         # 10 KB chunks: the 65537-element buffer crosses the pipeline in 26 pieces.
         algorithms[f"{variant}-chunked"] = HierarchicalAllreduce(groups, variant=variant,
                                                                  chunk_mb=0.01)
+        # nccl's mode: every stage issued by the caller, in one fixed order.
+        algorithms[f"{variant}-ordered"] = HierarchicalAllreduce(groups, variant=variant,
+                                                                 chunk_mb=0.01, ordered=True)
     out = {"nodes": topology.nodes}
     for name, algorithm in algorithms.items():
         tensors = rank_tensors(rank)
@@ -57,7 +60,7 @@ def test_every_algorithm_equals_the_float64_sum(node_keys):
     expected = reference_sums(world_size)
     assert len(results[0]["nodes"]) == len(set(node_keys))
     names = [name for name in results[0] if name != "nodes"]
-    assert {"ring", "reduce_bcast", "reduce_bcast-chunked"} <= set(names)
+    assert {"ring", "reduce_bcast", "reduce_bcast-chunked", "reduce_bcast-ordered"} <= set(names)
     for rank, result in enumerate(results):
         for name in names:
             for got, want in zip(result[name], expected, strict=True):

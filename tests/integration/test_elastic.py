@@ -75,10 +75,13 @@ class Background:
         return self.result
 
 
-def train_worker_pids() -> list[int]:
+def train_worker_pids(address: str) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # The cluster's address, not autodetection: another Ray on this machine would make it
+    # ambiguous ("Found multiple active Ray instances").
+    actors = list_actors(address=address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return sorted(actor.pid for actor in actors)
 
 
@@ -90,7 +93,7 @@ def test_worker_killed_mid_epoch_resumes_and_finishes_the_planned_steps(ray_clus
                  what="the epoch-2 checkpoint")
         time.sleep(1.0)  # into epoch 3
         checkpointed = latest_checkpoint_epoch(run_dir)
-        pids = train_worker_pids()
+        pids = train_worker_pids(ray_cluster)
         assert len(pids) == 2, pids
         os.kill(pids[-1], signal.SIGKILL)  # a real kill: no exception, no cleanup
         return checkpointed

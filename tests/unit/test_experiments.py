@@ -60,6 +60,30 @@ def test_plan_predicts_the_recipe_on_1024_gpus(recipe, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)
 
 
+IMAGENET_TRAIN_IMAGES = 1_281_167
+P4D = {"vcpus": 96, "gpus": 8}  # the GPU node of launch/cluster.yaml
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_loss_scale_can_grow_within_the_run(recipe, imagenet_like):
+    # ~1,710 optimizer steps on ImageNet: a growth_interval above that (torch's 2000) means
+    # the scale can only ever fall. Leave room for several growths.
+    config = compose([f"experiment={recipe}", f"data.path={imagenet_like}"])
+    steps = config.trainer.epochs * (IMAGENET_TRAIN_IMAGES // config.trainer.global_batch_size)
+    assert steps == 1710
+    assert config.precision.growth_interval * 5 <= steps
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_leaves_most_of_a_gpu_node_to_the_input_pipeline(recipe, imagenet_like):
+    # The loops of a node's 8 GPU workers take at most a quarter of its vCPUs; the rest
+    # decode and augment (Ray Data).
+    config = compose([f"experiment={recipe}", f"data.path={imagenet_like}"])
+    loops = P4D["gpus"] * config.trainer.cpus_per_worker
+    assert config.trainer.cpus_per_worker >= 1 and loops <= P4D["vcpus"] / 4
+    assert config.data.preprocess_cpus is None  # all the free CPUs
+
+
 def test_plan_names_a_missing_recipe():
     with pytest.raises(ValueError, match="conf/experiment/nope.yaml"):
         plan_main(["--experiment", "nope"])

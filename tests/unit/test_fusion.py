@@ -112,3 +112,99 @@ def test_bad_pipeline_chunk_names_the_key():
 
     with pytest.raises(ValueError, match="comms.pipeline_chunk_mb"):
         HierarchicalConfig(pipeline_chunk_mb=0)
+
+
+class _FakeWork:
+    """A collective's work that logs when it is waited for."""
+
+    def __init__(self, log, stage, chunk):
+        self.log, self.stage, self.chunk = log, stage, chunk
+
+    def wait(self):
+        self.log.append(("wait", self.stage, self.chunk))
+
+
+def _fake_stages(log, count):
+    def stage(index):
+        def issue(tensor):
+            log.append(("issue", index, int(tensor[0])))
+            return _FakeWork(log, index, int(tensor[0]))
+        return issue
+    return [stage(k) for k in range(count)]
+
+
+def test_ordered_pipeline_issues_chunk_after_chunk_from_the_caller():
+    from comms.pipeline import StagePipeline
+
+    log = []
+    pipeline = StagePipeline(_fake_stages(log, 3), device=torch.device("cpu"), ordered=True)
+    handle = pipeline.submit([torch.tensor([0.0]), torch.tensor([1.0])])
+    # Everything is issued before submit returns, in one fixed order; each stage first
+    # waits for the chunk's previous stage (on nccl: a stream wait, not the host).
+    assert log == [("issue", 0, 0), ("wait", 0, 0), ("issue", 1, 0), ("wait", 1, 0),
+                   ("issue", 2, 0),
+                   ("issue", 0, 1), ("wait", 0, 1), ("issue", 1, 1), ("wait", 1, 1),
+                   ("issue", 2, 1)]
+    assert pipeline._threads == []
+    log.clear()
+    handle.wait()  # the caller's stream waits for each chunk's last stage
+    assert log == [("wait", 2, 0), ("wait", 2, 1)]
+    pipeline.close()
+
+
+def test_threaded_pipeline_keeps_chunk_order_per_stage():
+    from comms.pipeline import StagePipeline
+
+    log = []
+    pipeline = StagePipeline(_fake_stages(log, 3), device=torch.device("cpu"), ordered=False)
+    handle = pipeline.submit([torch.tensor([float(i)]) for i in range(4)])
+    handle.wait()
+    pipeline.close()
+    for stage in range(3):
+        issued = [chunk for kind, k, chunk in log if kind == "issue" and k == stage]
+        assert issued == [0, 1, 2, 3]
+    for kind, stage, chunk in log:
+        if kind == "issue" and stage > 0:
+            assert log.index(("wait", stage - 1, chunk)) < log.index((kind, stage, chunk))
+
+
+def test_bucket_clock_on_cpu_measures_from_the_first_hook():
+    import time
+
+    from comms.readiness import BucketClock
+
+    clock = BucketClock(3, device=torch.device("cpu"))
+    assert not clock.started
+    clock.hook()
+    clock.bucket_ready(1)
+    time.sleep(0.01)
+    clock.hook()
+    clock.bucket_ready(0)
+    time.sleep(0.01)
+    clock.hook()  # bucket 2 never completes (unused parameters): ready at the last hook
+    ready = clock.ready_s()
+    assert ready[1] == 0.0 and 0.005 < ready[0] < ready[2]
+
+
+def test_channels_last_weights_get_gradient_views_in_their_own_layout():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    reference = torch.nn.Conv2d(3, 4, 3)
+    reference.load_state_dict(conv.state_dict())
+    params = list(conv.parameters())
+    plan = plan_for_params(params, threshold_mb=1.0, num_segments=1)
+    buffers = FlatBuffers(plan, params=params)
+    buffers.install_grad_views()
+    view = buffers.views[0]
+    assert view.stride() == conv.weight.stride() != conv.weight.contiguous().stride()
+    bucket = plan.buckets[buffers.bucket_of[0]]
+    flat = buffers.flat[buffers.bucket_of[0]]
+    offset = bucket.offsets()[bucket.tensors.index(0)]
+    assert view.data_ptr() == flat.data_ptr() + 4 * offset  # at its place in the bucket
+    images = torch.randn(2, 3, 6, 6)
+    conv(images.to(memory_format=torch.channels_last)).sum().backward()
+    reference(images).sum().backward()
+    assert conv.weight.grad.data_ptr() == view.data_ptr()  # accumulated in place
+    torch.testing.assert_close(conv.weight.grad, reference.weight.grad)
+    # The bucket holds exactly the two gradients' elements, nothing else.
+    torch.testing.assert_close(flat.sum(), reference.weight.grad.sum() + reference.bias.grad.sum())

@@ -15,17 +15,20 @@ imports no project package and runs in well under a second). *All* imports count
 module top, inside functions, under `if TYPE_CHECKING:`, in try/except. A lazy or
 type-only import is still a dependency of the design, and a lazy import that closes a
 cycle is a cycle that only breaks later, at call time.
+
+This file holds the tables and the tests; the collector, the graph, the cycle finder
+and the layer checks are in import_graph.py beside it (pure functions, given the tables).
 """
 
 from __future__ import annotations
 
-import ast
 import textwrap
-from collections import deque
-from dataclasses import dataclass, field
 from functools import cache
-from itertools import pairwise
 from pathlib import Path
+
+import import_graph
+from import_graph import Graph, Module, find_cycles
+from import_graph import show_cycles as _show
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,6 +64,7 @@ LEVELS = {
     "trainers.batching": 1,
     "trainers.config": 1,
     "trainers.faults": 1,
+    "trainers.speed": 1,
     "trainers.worker": 2,
     "job": 3,
     "tune": 4,
@@ -78,339 +82,28 @@ SCRIPT_ROOTS = {"launch", "benchmarks"}
 SIBLINGS_OK = {"benchmarks"}
 
 
-# --------------------------------------------------------------------------- collector
-
-
-@dataclass
-class Module:
-    name: str  # dotted; a package's __init__.py is the package's name
-    path: Path | None  # None: a folder with no __init__.py (a namespace package)
-    is_package: bool
-
-
-@dataclass
-class Graph:
-    # importer -> {imported module: "path:line" of the first import of it}
-    edges: dict[str, dict[str, str]] = field(default_factory=dict)
-    # imports of a name under a repo root that is no module file (moved or deleted)
-    dangling: list[str] = field(default_factory=list)
-    # imports in a script that get a sibling script named like a package
-    shadowed: list[str] = field(default_factory=list)
-
-
-def discover(root: Path, roots=ROOTS) -> dict[str, Module]:
-    """Every module under the given root folders (missing folders are skipped)."""
-    modules: dict[str, Module] = {}
-    for top in roots:
-        base = root / top
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*.py")):
-            if "__pycache__" in path.parts:
-                continue
-            parts = list(path.relative_to(root).with_suffix("").parts)
-            # Every folder on the way is a package, with or without __init__.py.
-            for i in range(1, len(parts)):
-                pkg = ".".join(parts[:i])
-                modules.setdefault(pkg, Module(pkg, None, True))
-            if parts[-1] == "__init__":
-                name = ".".join(parts[:-1])
-                modules[name] = Module(name, path, True)
-            else:
-                name = ".".join(parts)
-                modules[name] = Module(name, path, False)
-    return modules
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def imports_of(mod: Module, modules: dict[str, Module], root: Path,
-               script_roots=SCRIPT_ROOTS) -> tuple[dict[str, str], list[str], list[str]]:
-    """The repo modules `mod` imports -> where; its dangling imports; its shadowed ones.
-
-    Edges to packages: `import pkg.mod` / `from pkg.mod import x` first runs
-    pkg/__init__.py, so it is an (implicit) edge to `pkg` as well as to `pkg.mod`; it is
-    counted, e.g. `comms.config -> trainers` (so trainers/__init__.py pulling in the
-    worker would show as a cycle and as a layering breach). But when the importer is
-    itself inside `pkg`, that implicit edge is left out: Python has already started
-    pkg/__init__.py before any module of the package runs, so it never triggers
-    anything, and counting it would turn the ordinary pattern "pkg/__init__.py imports
-    pkg.a; pkg.a imports pkg.b" into a false cycle pkg.a -> pkg -> pkg.a.
-    An *explicit* use of the package's own __init__ stays an edge: `from pkg import
-    name` inside pkg.a, where `name` is defined in __init__.py (not a submodule), needs
-    __init__.py to have got that far, which is exactly a real circular import.
-    `from pkg import sub` where pkg/sub.py exists resolves to `pkg.sub` (the package is
-    then only implicit).
-    In a script folder, an absolute import whose first name is a sibling file resolves
-    to that file (`from bench_util import f` in benchmarks/x.py: benchmarks.bench_util),
-    unless the script first drops its folder from sys.path (see _drops_own_folder).
-    """
-    found: dict[str, str] = {}
-    dangling: list[str] = []
-    shadowed: list[str] = []
-    if mod.path is None:
-        return found, dangling, shadowed
-    tree = ast.parse(mod.path.read_text(encoding="utf-8"), filename=str(mod.path))
-    tops = {name.split(".")[0] for name in modules}
-    folder = mod.name.rpartition(".")[0]
-    sees_siblings = (not mod.is_package and mod.name.split(".")[0] in script_roots
-                     and not _drops_own_folder(tree))
-
-    def absolute(name: str, line: int) -> str:
-        first = name.split(".")[0]
-        if sees_siblings and f"{folder}.{first}" in modules:
-            if first in tops:
-                shadowed.append(f"{where_file}:{line}: `{name}` gets the script "
-                                f"{folder}.{first}, not the package {first}")
-            return f"{folder}.{name}"
-        return name
-    own = set(_ancestors(mod.name)) | {mod.name}
-    where_file = mod.path.relative_to(root)
-    context: dict[int, str] = {}  # line of an import -> "in a function" / "TYPE_CHECKING"
-
-    def add(target: str, line: int, explicit: bool) -> None:
-        if target == mod.name or (not explicit and target in own):
-            return
-        kind = context.get(line)
-        found.setdefault(target, f"{where_file}:{line}" + (f" ({kind})" if kind else ""))
-
-    def add_name(name: str, line: int) -> None:
-        """`import name` / `from name import ...`: name and all its packages."""
-        if name.split(".")[0] not in tops:
-            return  # stdlib / third party
-        hit = name
-        while hit not in modules:
-            hit = hit.rpartition(".")[0]
-            if not hit:
-                break
-        if hit != name:
-            dangling.append(f"{where_file}:{line}: imports {name}, which is no module here")
-        if hit:
-            add(hit, line, explicit=True)
-            for pkg in _ancestors(hit):
-                add(pkg, line, explicit=False)
-
-    _note_context(tree, context, None)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                add_name(absolute(alias.name, node.lineno), node.lineno)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from the importer's package, up level-1 steps
-                package = mod.name if mod.is_package else mod.name.rpartition(".")[0]
-                parts = package.split(".") if package else []
-                if node.level - 1 > len(parts) - 1:
-                    dangling.append(f"{where_file}:{node.lineno}: relative import beyond the top")
-                    continue
-                parts = parts[: len(parts) - (node.level - 1)]
-                base = ".".join(parts + ([node.module] if node.module else []))
-            else:
-                base = absolute(node.module or "", node.lineno)
-            if base.split(".")[0] not in tops:
-                continue
-            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
-            attrs = [a for a in node.names if f"{base}.{a.name}" not in modules]
-            if attrs or base not in modules:
-                add_name(base, node.lineno)  # names from base itself: an explicit edge
-            else:  # only submodules: base is merely their package
-                for pkg in [base, *_ancestors(base)]:
-                    add(pkg, node.lineno, explicit=False)
-            for sub in subs:
-                add_name(sub, node.lineno)
-    return found, dangling, shadowed
-
-
-def _drops_own_folder(tree: ast.Module) -> bool:
-    """`sys.path.pop(0)`, `del sys.path[0]` or `sys.path[0] = ...` at the top level of a
-    script: its folder is then off sys.path before it imports anything of ours."""
-
-    def is_path_0(node) -> bool:
-        return (isinstance(node, ast.Subscript) and ast.unparse(node.value) == "sys.path"
-                and ast.unparse(node.slice) == "0")
-
-    for stmt in tree.body:
-        if (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
-                and ast.unparse(stmt.value.func) == "sys.path.pop"
-                and [ast.unparse(a) for a in stmt.value.args] == ["0"]):
-            return True
-        if isinstance(stmt, ast.Delete) and any(is_path_0(t) for t in stmt.targets):
-            return True
-        if isinstance(stmt, ast.Assign) and any(is_path_0(t) for t in stmt.targets):
-            return True
-    return False
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _note_context(node: ast.AST, context: dict[int, str], kind: str | None) -> None:
-    """Line of each import -> why it is not a plain top-level one (for the messages)."""
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-        if kind:
-            context[node.lineno] = kind
-        return
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-        kind = kind or "in a function"
-    if isinstance(node, ast.If) and _is_type_checking(node.test):
-        for child in node.body:
-            _note_context(child, context, "TYPE_CHECKING")
-        for child in node.orelse:
-            _note_context(child, context, kind)
-        return
-    for child in ast.iter_child_nodes(node):
-        _note_context(child, context, kind)
+# --------------------------------------------------------------------------- the tables
+# The mechanism is in import_graph.py (beside this file); these bind it to the tables.
 
 
 def build_graph(root: Path, roots=ROOTS) -> tuple[dict[str, Module], Graph]:
-    modules = discover(root, roots)
-    graph = Graph()
-    for name, mod in sorted(modules.items()):
-        found, dangling, shadowed = imports_of(mod, modules, root)
-        graph.edges[name] = found
-        graph.dangling += dangling
-        graph.shadowed += shadowed
-    return modules, graph
-
-
-# --------------------------------------------------------------------------- checkers
-
-
-def find_cycles(edges: dict[str, dict[str, str]]) -> list[list[str]]:
-    """One shortest cycle per strongly connected component, as a chain a -> ... -> a."""
-    nodes = sorted(set(edges) | {t for ts in edges.values() for t in ts})
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    components: list[set[str]] = []
-    counter = 0
-
-    for start in nodes:  # Tarjan, iterative
-        if start in index:
-            continue
-        work = [(start, iter(sorted(edges.get(start, ()))))]
-        index[start] = low[start] = counter
-        counter += 1
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(edges.get(child, ())))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                comp = set()
-                while True:
-                    top = stack.pop()
-                    on_stack.discard(top)
-                    comp.add(top)
-                    if top == node:
-                        break
-                if len(comp) > 1 or node in edges.get(node, ()):
-                    components.append(comp)
-
-    cycles = []
-    for comp in components:
-        first = min(comp)
-        prev: dict[str, str] = {}
-        queue = deque([first])
-        while queue:  # BFS inside the component, back to `first`
-            node = queue.popleft()
-            for child in sorted(edges.get(node, ())):
-                if child not in comp:
-                    continue
-                if child == first:
-                    chain = [first]
-                    while node != first:
-                        chain.append(node)
-                        node = prev[node]
-                    chain.append(first)
-                    chain = [chain[0], *reversed(chain[1:-1]), chain[-1]]
-                    cycles.append(chain)
-                    queue.clear()
-                    break
-                if child not in prev:
-                    prev[child] = node
-                    queue.append(child)
-    return sorted(cycles)
+    return import_graph.build_graph(root, roots, SCRIPT_ROOTS)
 
 
 def level_of(name: str, levels=LEVELS, one_by_one=ONE_BY_ONE) -> int | None:
-    if name in levels:
-        return levels[name]
-    for prefix in reversed(_ancestors(name)):
-        if prefix in levels:
-            return None if prefix in one_by_one else levels[prefix]
-    return None
+    return import_graph.level_of(name, levels, one_by_one)
 
 
 def unplaced(names, levels=LEVELS, one_by_one=ONE_BY_ONE) -> list[str]:
-    return sorted(n for n in names if level_of(n, levels, one_by_one) is None)
-
-
-def _without_covered_packages(targets: dict[str, str], keep) -> list[tuple[str, str]]:
-    """The targets that `keep` accepts, less a package when one of its modules is there
-    too (`from launch.config import x` is one breach, not also one for `launch`)."""
-    kept = {t: w for t, w in targets.items() if keep(t)}
-    return sorted((t, w) for t, w in kept.items()
-                  if not any(o.startswith(t + ".") for o in kept))
+    return import_graph.unplaced(names, levels, one_by_one)
 
 
 def layer_breaches(edges, levels=LEVELS, one_by_one=ONE_BY_ONE) -> list[str]:
-    out = []
-    for src, targets in sorted(edges.items()):
-        ls = level_of(src, levels, one_by_one)
-        if ls is None:
-            continue  # reported by test_every_module_has_a_level (as is an unplaced dst)
-
-        def higher(dst, ls=ls):
-            ld = level_of(dst, levels, one_by_one)
-            return ld is not None and ld > ls
-
-        for dst, where in _without_covered_packages(targets, higher):
-            ld = level_of(dst, levels, one_by_one)
-            out.append(f"{where}: {src} (level {ls}, {LEVEL_NAMES.get(ls)}) imports "
-                       f"{dst} (level {ld}, {LEVEL_NAMES.get(ld)})")
-    return out
+    return import_graph.layer_breaches(edges, levels, one_by_one, LEVEL_NAMES)
 
 
 def script_imports(edges, script_roots=SCRIPT_ROOTS, siblings_ok=SIBLINGS_OK) -> list[str]:
-    out = []
-    for src, targets in sorted(edges.items()):
-        top = src.split(".")[0]
-
-        def barred(dst, top=top):
-            dst_top = dst.split(".")[0]
-            return dst_top in script_roots and not (dst_top == top and top in siblings_ok)
-
-        out += [f"{where}: {src} imports the script module {dst}"
-                for dst, where in _without_covered_packages(targets, barred)]
-    return out
-
-
-def _show(edges, cycles) -> str:
-    lines = []
-    for chain in cycles:
-        lines.append("  " + " -> ".join(chain))
-        for a, b in pairwise(chain):
-            lines.append(f"      {a} -> {b}  at {edges[a][b]}")
-    return "\n".join(lines)
+    return import_graph.script_imports(edges, script_roots, siblings_ok)
 
 
 # --------------------------------------------------------------------------- the repo

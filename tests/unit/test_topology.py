@@ -47,14 +47,26 @@ def test_topology_rejects_missing_or_repeated_ranks():
         Topology(nodes=((0, 1), (1, 2)))
 
 
-@pytest.mark.parametrize("nodes,variant", [
-    (((0, 1), (2, 3)), "2d"),             # two levels, equal nodes (nccl)
-    (((0, 1, 2), (3, 4)), "reduce_bcast"),  # uneven
-    (((0, 1, 2, 3),), "reduce_bcast"),      # one node
-    (((0,), (1,)), "reduce_bcast"),         # one rank per node
+@pytest.mark.parametrize("nodes,on_nccl", [
+    (((0, 1), (2, 3)), "2d"),          # two levels, equal nodes
+    (((0, 1, 2), (3, 4)), "ring"),     # uneven (elastic runs): nccl's own allreduce
+    (((0, 1, 2, 3),), "ring"),         # one node: no inter-node level
+    (((0,), (1,)), "ring"),            # one rank per node: no intra-node level
+    (((0,),), "ring"),                 # one rank
 ])
-def test_auto_variant(nodes, variant):
-    assert choose_variant(requested="auto", topology=Topology(nodes=nodes), backend="nccl") == variant
-    # gloo's reduce-scatter is slow: auto stays with reduce_bcast there.
-    assert choose_variant(requested="auto", topology=Topology(nodes=nodes)) == "reduce_bcast"
-    assert choose_variant(requested="reduce_bcast", topology=Topology(nodes=nodes)) == "reduce_bcast"
+def test_auto_variant(nodes, on_nccl):
+    topology = Topology(nodes=nodes)
+    assert choose_variant(requested="auto", topology=topology, backend="nccl") == on_nccl
+    # gloo's reduce-scatter is slow: auto stays with reduce_bcast there, whatever the nodes.
+    assert choose_variant(requested="auto", topology=topology, backend="gloo") == "reduce_bcast"
+    assert choose_variant(requested="auto", topology=topology) == "reduce_bcast"
+
+
+@pytest.mark.parametrize("backend", ["nccl", "gloo"])
+@pytest.mark.parametrize("requested", ["reduce_bcast", "2d"])
+def test_an_explicit_variant_is_used_as_asked(requested, backend):
+    # reduce_bcast only when asked for; 2d on uneven nodes is refused later, by the
+    # algorithm (comms.allreduce.HierarchicalAllreduce), with the nodes in the message.
+    for nodes in (((0, 1), (2, 3)), ((0, 1, 2), (3, 4)), ((0, 1, 2, 3),)):
+        assert choose_variant(requested=requested, topology=Topology(nodes=nodes),
+                              backend=backend) == requested
