@@ -32,6 +32,9 @@ class TrainerConfig:
     resize_interval_s: float = 60.0
     epochs: int = 15
     global_batch_size: int = 64
+    # Gradient accumulation: each worker runs its share of the global batch in passes of
+    # at most this many samples, communicating once per optimizer step (null: one pass).
+    micro_batch_size: int | None = None
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     # Extra Ray resources each worker needs (e.g. a custom node resource that marks the
@@ -50,13 +53,19 @@ class TrainerConfig:
     resume_from: str | None = None
     # torch intra-op threads per worker (null: cpus_per_worker, at least 1).
     torch_threads: int | None = None
+    # channels_last memory format for the model and its inputs (null: on for CUDA, off on
+    # CPU). On CUDA the trainer also turns on cuDNN autotuning and TF32 (trainers/speed.py).
+    channels_last: bool | None = None
+    # torch.compile the model in place (state_dict unchanged); the first steps pay the
+    # compilation, and a compiled backward hands over its gradients at its end.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for key in ("num_workers", "epochs", "global_batch_size", "eval_batch_size",
                     "checkpoint_every_epochs", "num_checkpoints_to_keep"):
             value = getattr(self, key)
             require(value >= 1, f"trainer.{key} must be >= 1, got {value}")
-        for key in ("max_steps_per_epoch", "torch_threads"):
+        for key in ("max_steps_per_epoch", "torch_threads", "micro_batch_size"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"trainer.{key} must be >= 1 or null, got {value}")
         self._check_elastic()

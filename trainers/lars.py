@@ -14,6 +14,12 @@ gradient ``g`` in a group that is not excluded, computed in fp32::
 In a group with ``lars_exclude=True`` there is no weight decay and no trust ratio:
 ``v = momentum * v + lr * g; w = w - v``. The learning rate sits inside the momentum
 buffer, as in the paper.
+
+fp16 loss scaling: LARS follows torch.amp.GradScaler's contract for optimizers that skip a
+step on the device (``_step_supports_amp_scaling``, as torch's fused SGD and Adam do).
+GradScaler then sets ``found_inf`` (and ``grad_scale`` when ``unscale_`` was not called)
+on the optimizer instead of reading found_inf with ``.item()``, a host sync every step, and
+the update is skipped on the device where found_inf is set.
 """
 
 from __future__ import annotations
@@ -83,6 +89,7 @@ class LARS(torch.optim.Optimizer):
         )
         _check_hparams(defaults, lr_strict=True)
         super().__init__(params, defaults)
+        self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -94,9 +101,16 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Set by GradScaler.step for the duration of this call (see the module docstring).
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
         for group in self.param_groups:
-            for params, w32, g32, bufs in self._gather(group).values():
-                if group["lars_exclude"]:
+            for device, (params, w32, g32, bufs) in self._gather(group).items():
+                if grad_scale is not None:  # still scaled: unscale_ was not called
+                    g32 = torch._foreach_div(g32, grad_scale.to(device))
+                if found_inf is not None:
+                    _skippable_update(group, w32, g32, bufs, found_inf=found_inf.to(device))
+                elif group["lars_exclude"]:
                     _plain_update(group, w32, g32, bufs)
                 else:
                     _lars_update(group, w32, g32, bufs)
@@ -144,15 +158,21 @@ class LARS(torch.optim.Optimizer):
                 )
 
 
-def _lars_update(group: dict[str, Any], w: list, g: list, v: list) -> None:
-    lr, wd = group["lr"], group["weight_decay"]
+def _trust_scale(group: dict[str, Any], w: list, g: list) -> torch.Tensor:
+    """lr * trust ratio per tensor, stacked (on the device: no host sync)."""
+    wd = group["weight_decay"]
     w_norm = torch.stack(torch._foreach_norm(w))
     g_norm = torch.stack(torch._foreach_norm(g))
     # One stacked where() for all tensors: no .item(), so no host sync on GPU. The
     # discarded branch may hold inf/nan for zero norms; where() never propagates it.
     ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
     trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
-    scale = trust * lr
+    return trust * group["lr"]
+
+
+def _lars_update(group: dict[str, Any], w: list, g: list, v: list) -> None:
+    wd = group["weight_decay"]
+    scale = _trust_scale(group, w, g)
     torch._foreach_mul_(v, group["momentum"])
     # Two in-place addcmuls instead of materialising g + wd * w: a fresh
     # parameter-sized temporary each step costs more (allocation, page faults on CPU)
@@ -167,6 +187,29 @@ def _plain_update(group: dict[str, Any], w: list, g: list, v: list) -> None:
     torch._foreach_mul_(v, group["momentum"])
     torch._foreach_add_(v, g, alpha=group["lr"])
     torch._foreach_sub_(w, v)
+
+
+def _skippable_update(group: dict[str, Any], w: list, g: list, v: list, *,
+                      found_inf: torch.Tensor) -> None:
+    """The same update, skipped on the device where `found_inf` is set: the final
+    `v = m * v + u; w -= v` runs in torch's fused SGD kernel, which returns before
+    touching w or v when found_inf is nonzero (no host read of the flag)."""
+    # u in w's layout: the fused kernel pairs w, u, v elementwise (CUDA checks strides;
+    # CPU does not, and would mix up channels_last w with NCHW grads).
+    u = [torch.empty_like(t) for t in w]
+    torch._foreach_copy_(u, g)
+    if group["lars_exclude"]:
+        torch._foreach_mul_(u, group["lr"])
+    else:
+        scale = _trust_scale(group, w, g)
+        torch._foreach_mul_(u, scale.unbind(0))
+        if group["weight_decay"] != 0:
+            torch._foreach_addcmul_(u, w, (scale * group["weight_decay"]).unbind(0))
+    momentum = group["momentum"]
+    # momentum 0: the kernel takes no buffers; v is unused then (and must not get inf).
+    torch._fused_sgd_(w, u, v if momentum else [], weight_decay=0.0, momentum=momentum,
+                      lr=1.0, dampening=0.0, nesterov=False, maximize=False,
+                      is_first_step=False, grad_scale=None, found_inf=found_inf)
 
 
 def _write_back(params: list[torch.Tensor], w32: list[torch.Tensor]) -> None:

@@ -11,6 +11,13 @@ LARS update itself (norms, trust ratio, momentum) runs in fp16; an update smalle
 half an fp16 ulp of its weight is lost, and small products underflow. With no master
 weights GradScaler cannot unscale fp16 gradients, so this mode has no loss scaling.
 
+No host sync per step. A step never reads a device value on the host: the skipped-step
+count and the loss scale stay tensors on the device and are read only when someone asks
+(`skipped_steps`, `loss_scale`: the trainer does, once an epoch). The skip itself happens on
+the device for optimizers that take GradScaler's `found_inf` (`_step_supports_amp_scaling`:
+torch's fused SGD, and LARS once it adopts that contract); for any other optimizer
+GradScaler decides on the host, one `.item()` per step (`syncs_per_step` says which).
+
 Each mode is one row of `MODES` (what it does) and one entry of `PRECISIONS` (its schema).
 """
 
@@ -66,7 +73,10 @@ class Precision:
         self.name = config.name
         self.mode = MODES[config.name]
         self.device_type = device_type
-        self.skipped_steps = 0
+        # Skipped steps: those of the checkpoint this run resumed from (a Python int), plus
+        # this run's, counted on the device (created at the first fp16 step, on its device).
+        self._skipped_before = 0
+        self._skipped_here: torch.Tensor | None = None
         self.scaler = None
         if self.mode.loss_scaling:
             self.scaler = torch.amp.GradScaler(
@@ -85,6 +95,13 @@ class Precision:
     def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
         return images.to(self.mode.param_dtype)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the model's first layer computes in: the autocast dtype under
+        autocast, else the parameters'. Inputs made directly in it skip a cast (valid only
+        inside `autocast()` for bf16/fp16, where the first layer casts to it anyway)."""
+        return self.mode.autocast_dtype or self.mode.param_dtype
+
     def autocast(self):
         if self.mode.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -94,19 +111,46 @@ class Precision:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Unscale, step unless gradients are non-finite, update the scale."""
+        """Unscale, step unless gradients are non-finite, update the scale; count a skip.
+
+        Nothing here reads a device value on the host when the optimizer skips on the
+        device (see `syncs_per_step`)."""
         if self.scaler is None:
             optimizer.step()
             return
+        # unscale_ fills found_inf on the device (no sync); then GradScaler.step hands it
+        # to an optimizer that supports it, or reads it with .item() and skips on the host.
         self.scaler.unscale_(optimizer)
-        scale_before = self.scaler.get_scale()
+        found_inf = _found_inf(self.scaler, optimizer)
         self.scaler.step(optimizer)
         self.scaler.update()
-        # GradScaler lowers the scale exactly when it found inf/nan and skipped the step.
-        self.skipped_steps += 0 if self.scaler.get_scale() >= scale_before else 1
+        self._count_skip(found_inf)
+
+    def syncs_per_step(self, optimizer: torch.optim.Optimizer) -> int:
+        """Host syncs `step` makes with this optimizer: 0, or 1 where GradScaler must read
+        found_inf itself because the optimizer cannot skip on the device."""
+        if self.scaler is None or getattr(optimizer, "_step_supports_amp_scaling", False):
+            return 0
+        return 1
+
+    def _count_skip(self, found_inf: torch.Tensor) -> None:
+        # found_inf sums the per-device flags (0 or 1 each): a step skipped anywhere is one skip.
+        skipped = (found_inf > 0).to(torch.int64)
+        if self._skipped_here is None:
+            self._skipped_here = skipped
+        else:
+            self._skipped_here.add_(skipped)
+
+    @property
+    def skipped_steps(self) -> int:
+        """fp16 steps skipped on inf/nan gradients, resumed runs included. Syncs: read it
+        once an epoch, not per step."""
+        here = 0 if self._skipped_here is None else int(self._skipped_here.item())
+        return self._skipped_before + here
 
     @property
     def loss_scale(self) -> float:
+        """The current loss scale (1 without a scaler). Syncs, like `skipped_steps`."""
         return float(self.scaler.get_scale()) if self.scaler else 1.0
 
     def state_dict(self) -> dict:
@@ -116,9 +160,19 @@ class Precision:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._skipped_before = int(state.get("skipped_steps", 0))
+        self._skipped_here = None
         if self.scaler and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _found_inf(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """After unscale_: the inf/nan flag GradScaler.step and update() act on, summed over the
+    optimizer's devices onto the scale's device, the way GradScaler combines them. It is the
+    private `_found_inf_per_device` (torch >= 2.0): a public API gives only a host bool."""
+    flags = scaler._found_inf_per_device(optimizer)
+    scale_device = scaler._get_scale_async().device
+    return sum(flag.to(scale_device, non_blocking=True) for flag in flags.values())
 
 
 PRECISIONS = Registry("precision", key="precision.name")

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from comms.registry import build_grad_sync
-from ingest.batches import normalize
 from trainers.batching import (
     loss_weight,
     nominal_steps_per_epoch,
@@ -39,7 +38,12 @@ from trainers.models import build_model
 from trainers.optim import build_optimizer, set_lr
 from trainers.precision import Precision
 from trainers.schedule import WarmupPolySchedule
-from trainers.speed import configure_for_speed
+from trainers.speed import (
+    configure_for_speed,
+    model_input,
+    normalization_constants,
+    resolve_channels_last,
+)
 
 
 class DataFeed(Protocol):
@@ -93,9 +97,10 @@ class Trainer:
             in_channels=data.in_channels).to(device))
         # cuDNN autotuning/TF32 on CUDA, channels_last (null: on for CUDA), torch.compile;
         # before the optimizer state and the sync's buffers are made from the parameters.
-        # TODO(config owner): channels_last=trainer.channels_last, compile=trainer.compile.
-        self.model = configure_for_speed(self.model, device=device, channels_last=None,
-                                         compile=False)
+        self.channels_last = resolve_channels_last(trainer.channels_last, device=device)
+        self.model = configure_for_speed(self.model, device=device,
+                                         channels_last=self.channels_last,
+                                         compile=trainer.compile)
         self.optimizer = build_optimizer(config.optim, model=self.model,
                                          upcast=self.precision.upcast_update)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
@@ -121,14 +126,14 @@ class Trainer:
         # Wrap after restoring, so the sync broadcasts the restored weights from rank 0.
         self.sync = build_grad_sync(config.comms, world_size=world_size, device=device)
         self.train_model = self.sync.wrap(self.model)
-        shape = (1, data.in_channels, 1, 1)
-        self.mean = torch.tensor(data.mean, device=device).view(shape)
-        self.std = torch.tensor(data.std, device=device).view(shape)
+        self.scale, self.shift = normalization_constants(data.mean, data.std, device=device)
 
     # ---- one step ------------------------------------------------------------------
     def inputs(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> the model's normalised input (in the precision's dtype)."""
-        return self.precision.cast_inputs(normalize(images_u8, mean=self.mean, std=self.std))
+        """uint8 images -> the model's normalised input in one pass, written directly in
+        the dtype the first layer computes in and in the model's memory format."""
+        return model_input(images_u8, scale=self.scale, shift=self.shift,
+                           dtype=self.precision.input_dtype, channels_last=self.channels_last)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step on this rank's batch, in micro-batches of at most

@@ -64,13 +64,40 @@ def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict],
 
 
 def concurrent_trials(config: SweepConfig) -> int:
-    """Trials that fit at once: each holds its workers' CPUs plus one for Ray Data."""
+    """`tune.max_concurrent_trials`, or (null) the trials the cluster's resources hold:
+    more would wait for workers and may time out starting their group
+    (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S)."""
     import ray
 
     if config.tune.max_concurrent_trials:
         return config.tune.max_concurrent_trials
-    per_trial = config.trainer.num_workers * config.trainer.cpus_per_worker + 1
-    return max(1, math.floor(ray.cluster_resources().get("CPU", 1) / per_trial))
+    trainer = config.trainer
+    return trials_that_fit(ray.cluster_resources(), num_workers=trainer.num_workers,
+                           cpus_per_worker=trainer.cpus_per_worker, use_gpu=trainer.use_gpu,
+                           worker_resources=trainer.worker_resources)
+
+
+def trial_resources(*, num_workers: int, cpus_per_worker: float, use_gpu: bool,
+                    worker_resources: dict[str, float]) -> dict[str, float]:
+    """What one trial holds: each worker's CPUs, GPU and extra resources, plus one CPU for
+    its Ray Data tasks (so preprocessing can always run beside the workers)."""
+    need = {"CPU": num_workers * cpus_per_worker + 1}
+    if use_gpu:
+        need["GPU"] = num_workers  # one GPU per worker (Ray Train's use_gpu)
+    for name, amount in worker_resources.items():
+        need[name] = need.get(name, 0) + num_workers * amount
+    return need
+
+
+def trials_that_fit(cluster: dict[str, float], **trial) -> int:
+    """min over the resources a trial needs of floor(cluster total / per-trial need), at
+    least 1 (a trial that does not fit at all still starts, and waits for nodes).
+    `cluster` is ray.cluster_resources(); `trial` the keywords of `trial_resources`."""
+    need = trial_resources(**trial)
+    # The tolerance absorbs float sums such as 3 x 0.1 CPUs.
+    fits = (math.floor(cluster.get(name, 0.0) / amount + 1e-9)
+            for name, amount in need.items() if amount > 0)
+    return max(1, min(fits))
 
 
 def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path) -> list[dict]:

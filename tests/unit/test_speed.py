@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from ingest.batches import normalize
 from trainers.lars import LARS
 from trainers.speed import (
     configure_for_speed,
@@ -83,8 +82,9 @@ def test_channels_last_model_computes_the_same_and_trains_the_same():
 def test_fused_input_matches_normalize_in_layout_and_dtype():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     images = torch.randint(0, 256, (2, 3, 6, 6), dtype=torch.uint8)
-    reference = normalize(images, mean=torch.tensor(mean).view(1, 3, 1, 1),
-                          std=torch.tensor(std).view(1, 3, 1, 1))
+    # The plain float64 formula: (x / 255 - mean) / std per channel.
+    reference = ((images.double() / 255.0 - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
+                 / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)).float()
     scale, shift = normalization_constants(mean, std, device=CPU)
     exact = model_input(images, scale=scale, shift=shift, dtype=torch.float32,
                         channels_last=False)
