@@ -27,9 +27,18 @@ import torch
 from bench_util import write_json
 
 from ingest.config import DataConfig
+from ingest.datasets import sizing_of
 from ingest.imagefolder import FolderSource, list_dataset
-from ingest.pipeline import PipelineState, Sample, TransformSpec, build_split
+from ingest.pipeline import (
+    PipelineState,
+    Sample,
+    SplitRecipe,
+    TransformSpec,
+    build_split,
+    split_bounds,
+)
 from ingest.prepare import prepare
+from ingest.sizing import BlockSizing
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -72,19 +81,22 @@ def train_pipeline(*, root: str, cpus: int, batch_size: int, size: int,
                    num_blocks: int | None = None, reservation: bool = False):
     """The train split's Ray Data pipeline both measurements use: ImageFolder JPEGs decoded,
     random-resized-cropped and flipped in map_batches. Returns (listing, spec, state, dataset).
-    `num_blocks` (None: data.num_blocks) and `reservation` (Ray Data's per-operator CPU
-    reservation, which build_split turns off) exist to measure what those choices cost."""
+    `num_blocks` (None: what a training run with `cpus` spare CPUs gets, ingest/sizing.py)
+    and `reservation` (Ray Data's per-operator CPU reservation, which build_split turns
+    off) exist to measure what those choices cost."""
     listing = list_dataset(root=root, num_classes=None)["train"]
     spec = TransformSpec(train=True, augment="crop_flip", size=size, channels=3, max_shift_px=0,
                          min_crop_scale=0.08, val_crop_fraction=0.875, on_error="raise")
     state = PipelineState.remote()
-    defaults = DataConfig()  # the blocks a training run gets
-    dataset = build_split(source=FolderSource.put(listing), spec=spec, state=state,
-                          split="train", seed=0, shuffle=True, num_rows=len(listing.labels),
-                          num_blocks=num_blocks or defaults.num_blocks,
-                          rows_per_block=defaults.rows_per_block if num_blocks is None else 1 << 30,
-                          chunk_rows=batch_size, preprocess_cpus=cpus)
+    sizing = sizing_of(DataConfig(preprocess_batch_size=batch_size))
+    if num_blocks is not None:  # exactly num_blocks: the floor, with no row cap
+        sizing = BlockSizing(min_blocks=num_blocks, max_rows=1 << 30, min_rows=1 << 30)
+    recipe = SplitRecipe(source=FolderSource.put(listing), spec=spec, state=state, split="train",
+                         seed=0, shuffle=True, num_rows=len(listing.labels), sizing=sizing,
+                         chunk_rows=batch_size, preprocess_cpus=cpus)
+    dataset = build_split(recipe, cpus=cpus)
     dataset.context.op_resource_reservation_enabled = reservation
+    print(f"[ingest] {len(split_bounds(recipe, cpus=cpus)) - 1} blocks", flush=True)
     return listing, spec, state, dataset
 
 
@@ -107,7 +119,7 @@ def throughput(*, root: str, cpus: int, epochs: int, batch_size: int, size: int,
                   flush=True)
     steady = {name: statistics.median(r[1:]) for name, r in rates.items()}
     return {"images": len(listing.labels), "cpus": cpus, "image_size": size,
-            "num_blocks": num_blocks or DataConfig().num_blocks, "reservation": reservation,
+            "num_blocks": num_blocks, "reservation": reservation,
             "img_per_s": rates, "steady_img_per_s": steady,
             "ray_over_dataloader": steady["ray_data"] / steady["dataloader"]}
 

@@ -5,13 +5,14 @@ memory), `imagefolder` and `parquet` (`data.path`, see their modules) and `synth
 (random images, for throughput runs). Every format but synthetic goes through
 ingest/pipeline.py: a range of positions mapped to samples, decoded and augmented in
 `map_batches` on the cluster's CPUs, uint8 to the worker, which normalises on its device
-(ingest/batches.py). The digits set can be written to disk in the file formats with
+(`trainers.speed.model_input`). The digits set can be written to disk in the file formats with
 ingest/prepare.py.
 
 Public API: `dataset_sizes` (sizes and path checks before Ray starts), `build_datasets`
 (the Datasets and their `DatasetInfo`), `announce_epoch` (the worker's epoch, for the
-preprocessing), `num_skipped` (undecodable samples dropped so far). Importing this package
-is cheap (no torch, no Ray): the config check imports it.
+preprocessing), `num_skipped` (undecodable samples dropped so far), `trainer_data_config`
+(the `ray.train.DataConfig` that shards the splits over the workers, ingest/sharding.py).
+Importing this package is cheap (no torch, no Ray): the config check imports it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ingest.config import DataConfig
 from ingest.formats import FORMATS, format_of
 from ingest.info import DatasetInfo
 
-__all__ = ["DatasetInfo", "announce_epoch", "build_datasets", "dataset_sizes", "num_skipped"]
+__all__ = ["DatasetInfo", "announce_epoch", "build_datasets", "dataset_sizes", "num_skipped",
+           "trainer_data_config"]
 
 
 def announce_epoch(info: DatasetInfo, *, epoch: int) -> None:
@@ -50,3 +52,12 @@ def build_datasets(config: DataConfig, *, seed: int,
     `in_workers` (an in-memory format the workers preprocess themselves): no Datasets,
     and DatasetInfo.in_memory holds what the workers need."""
     return FORMATS.build(config.name, config=config, seed=seed, in_workers=in_workers)
+
+
+def trainer_data_config(info: DatasetInfo, *, config: DataConfig, cpus_per_worker: float):
+    """The `ray.train.DataConfig` for the Datasets of `build_datasets`: train in equal
+    shards, sized for the CPUs the workers leave; val once, a slice per rank."""
+    from ingest.sharding import IngestDataConfig
+
+    return IngestDataConfig(recipes=info.recipes, cpus_per_worker=cpus_per_worker,
+                            preprocess_cpus=config.preprocess_cpus)

@@ -48,16 +48,21 @@ class DataConfig:
     shuffle: bool = True
     # An image that cannot be decoded: skip it and count it, or raise naming the file.
     on_error: str = "skip"
-    # Most preprocessing tasks at once (each takes one CPU); null: as many as free CPUs allow.
+    # Most preprocessing tasks at once (each takes one CPU), and the CPUs the blocks are
+    # sized for; null: as many as free CPUs allow, blocks sized for the CPUs the training
+    # workers leave.
     preprocess_cpus: int | None = None
     # Rows per preprocessing call and per output block.
     preprocess_batch_size: int = 64
-    # Ray Data blocks (one preprocessing task each): at least num_blocks, and at most
-    # rows_per_block rows each. Few large tasks: on 2 CPUs each extra task cost 0.1-0.3 s
-    # beyond its images (7185 images: 2 blocks 3772 img/s, 4 blocks 2923, 8 blocks 2662;
-    # BENCHMARKS.md, ingest).
+    # Ray Data blocks (one preprocessing task each), sized when a worker group starts for
+    # the CPUs the training workers leave (ingest/sizing.py): blocks_per_cpu per CPU at
+    # least, in whole waves, none under preprocess_batch_size rows; at least num_blocks,
+    # and at most rows_per_block rows each. Few large tasks on a small machine: on 2 CPUs
+    # each extra task cost 0.1-0.3 s beyond its images (7185 images: 2 blocks 3772 img/s,
+    # 4 blocks 2923, 8 blocks 2662; BENCHMARKS.md, ingest).
     num_blocks: int = 2
     rows_per_block: int = 4096
+    blocks_per_cpu: int = 1
     # Train: each worker also shuffles its rows through a buffer of this many decoded images
     # (it mixes the samples of neighbouring Parquet row groups; memory: rows x image bytes).
     local_shuffle_rows: int = 4096
@@ -126,8 +131,8 @@ class DataConfig:
         require(self.preprocess_on in PREPROCESS_ON,
                 f"data.preprocess_on: unknown {self.preprocess_on!r}; "
                 f"known: {', '.join(PREPROCESS_ON)}")
-        for key in ("preprocess_batch_size", "num_blocks", "rows_per_block", "prefetch_batches",
-                    "local_shuffle_rows"):
+        for key in ("preprocess_batch_size", "num_blocks", "rows_per_block", "blocks_per_cpu",
+                    "prefetch_batches", "local_shuffle_rows"):
             require(getattr(self, key) >= 1, f"data.{key} must be >= 1, got {getattr(self, key)}")
 
     @property

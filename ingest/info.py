@@ -18,6 +18,10 @@ class DatasetInfo:
     # The PipelineState actor (epoch for the preprocessing, skipped samples); None when
     # the data needs neither (synthetic).
     state: object = None
+    # {"train": ingest.pipeline.SplitRecipe, "val": ...}: what the Datasets are built
+    # from, so the trainer's DataConfig can rebuild them for its workers
+    # (ingest/sharding.py); None when they are not pipeline Datasets (synthetic).
+    recipes: object = None
     # ingest.memory.MemorySplits for a set held in memory (digits), which the workers
     # can preprocess themselves; None for the others.
     in_memory: object = None

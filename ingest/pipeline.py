@@ -1,31 +1,33 @@
 """The Ray Data pipeline shared by every format: which sample each row of an epoch is,
 and the map_batches step that loads, decodes and augments it on the cluster's CPUs.
 
-How an epoch reaches the preprocessing. Ray Train gets one Dataset per split when the
-trainer is created, and re-executes it every epoch; a streaming_split with preserve_order
-hands each worker the same rows (positions) every epoch. A row carries a *position*, not a
-sample: `preprocess` maps positions to units (a sample, or a Parquet row group) through a
-permutation seeded by (seed, epoch), and seeds each sample's augmentation by
-(seed, epoch, sample id). The epoch comes from `PipelineState`, a small actor the driver
-creates with the datasets: every worker sets it (`announce_epoch`) before it starts
-reading the epoch. Ray Data's split coordinator starts an epoch's execution only after all
-workers have asked for it, and the loop only moves on once all workers have finished the
-previous epoch (its end-of-epoch allreduce), so every task of epoch e sees e. Hence the
-order and augmentation of epoch e on rank r are a pure function of (seed, e, r): resume
-and failure recovery replay them exactly, since the restarted workers announce the epoch
-they resume at.
+How an epoch reaches the preprocessing. A split's Dataset is a range of *block indices*,
+one per preprocessing task; block b covers the positions [bounds[b], bounds[b+1]), cut
+for the CPUs the pipeline may use (ingest/sizing.py). `preprocess` maps positions to units
+(a sample, or a Parquet row group) through a permutation seeded by (seed, epoch), and seeds
+each sample's augmentation by (seed, epoch, sample id). Ray Train re-executes the Dataset
+every epoch; with preserve_order the streaming split hands each worker the same positions
+every epoch (ingest/sharding.py builds the splits when a worker group starts). The epoch
+comes from `PipelineState`, a small actor the driver creates with the datasets: every
+worker sets it (`announce_epoch`) before it starts reading the epoch. Ray Data's split
+coordinator starts an epoch's execution only after all workers have asked for it, and the
+loop only moves on once all workers have finished the previous epoch (its end-of-epoch
+allreduce), so every task of epoch e sees e. Hence the order and augmentation of epoch e
+on rank r are a pure function of (seed, e, r) and the block layout, which depends on the
+world size and the cluster's CPUs only: resume and failure recovery on the same cluster
+replay them exactly, since the restarted workers announce the epoch they resume at.
 
 Exactly once: every unit appears once per epoch across the streaming split. What is left
-out is documented in `steps_per_epoch` (trainers/loop.py): the split's remainder (< world
-rows) and each worker's last partial batch; with `shuffle` it is different samples each
-epoch. Undecodable samples are dropped here and recorded in `PipelineState`
-(`on_error=skip`), or raise naming the file (`on_error=raise`).
+out is documented in `steps_per_epoch` (trainers/batching.py): the split's remainder
+(< world rows) and each worker's last partial batch; with `shuffle` it is different
+samples each epoch. Validation leaves nothing out: each worker reads its own slice.
+Undecodable samples are dropped here and recorded in `PipelineState` (`on_error=skip`), or
+raise naming the file (`on_error=raise`).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +36,17 @@ import numpy as np
 import ray
 import torch
 
-from ingest.transforms import DecodeError, center, crop_flip, decode, resize_to, sample_rng, shift
+from ingest.sizing import BlockSizing
+from ingest.transforms import (
+    DecodeError,
+    center,
+    crop_flip,
+    encoded_center,
+    encoded_crop_flip,
+    resize_to,
+    sample_rng,
+    shift,
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,44 @@ class TransformSpec:
     on_error: str
 
     def apply(self, sample: Sample, *, seed: int, epoch: int) -> torch.Tensor:
-        image = self._load(sample.payload)
+        """The sample preprocessed: uint8 (C, size, size), contiguous."""
+        if isinstance(sample.payload, np.ndarray):
+            # Copy: arrays from the object store are read-only.
+            return self._decoded(torch.from_numpy(np.array(sample.payload)), sample,
+                                 seed=seed, epoch=epoch)
+        return torch.from_numpy(np.ascontiguousarray(self.encoded(sample, seed=seed,
+                                                                  epoch=epoch)))
+
+    def write(self, sample: Sample, out: np.ndarray, *, seed: int, epoch: int) -> None:
+        """`apply` into `out` (a row of the batch): one copy from the resized image."""
+        if isinstance(sample.payload, np.ndarray):
+            out[...] = self.apply(sample, seed=seed, epoch=epoch).numpy()
+        else:
+            out[...] = self.encoded(sample, seed=seed, epoch=epoch)
+
+    def encoded(self, sample: Sample, *, seed: int, epoch: int) -> np.ndarray:
+        """Encoded bytes (or a file) -> (C, size, size) uint8, possibly a strided view."""
+        data = sample.payload
+        if isinstance(data, Path):
+            try:
+                data = data.read_bytes()
+            except OSError as error:
+                raise DecodeError(f"cannot read: {error}") from error
+        if not self.train:
+            return encoded_center(data, size=self.size, crop_fraction=self.val_crop_fraction,
+                                  channels=self.channels)
+        rng = sample_rng(seed=seed, epoch=epoch, sample_id=sample.sample_id)
+        if self.augment == "crop_flip":
+            return encoded_crop_flip(data, rng=rng, size=self.size,
+                                     min_scale=self.min_crop_scale, channels=self.channels)
+        image = torch.from_numpy(np.ascontiguousarray(encoded_center(
+            data, size=self.size, crop_fraction=1.0, channels=self.channels)))
+        if self.augment == "shift":
+            image = shift(image, rng=rng, max_px=self.max_shift_px)
+        return image.numpy()
+
+    def _decoded(self, image: torch.Tensor, sample: Sample, *, seed: int,
+                 epoch: int) -> torch.Tensor:
         if not self.train:
             return center(image, size=self.size, crop_fraction=self.val_crop_fraction)
         rng = sample_rng(seed=seed, epoch=epoch, sample_id=sample.sample_id)
@@ -66,17 +115,6 @@ class TransformSpec:
             return crop_flip(image, rng=rng, size=self.size, min_scale=self.min_crop_scale)
         image = resize_to(image, size=self.size)
         return shift(image, rng=rng, max_px=self.max_shift_px) if self.augment == "shift" else image
-
-    def _load(self, payload) -> torch.Tensor:
-        if isinstance(payload, np.ndarray):
-            # Copy: arrays from the object store are read-only.
-            return torch.from_numpy(np.array(payload))
-        if isinstance(payload, Path):
-            try:
-                payload = payload.read_bytes()
-            except OSError as error:
-                raise DecodeError(f"cannot read: {error}") from error
-        return decode(payload, channels=self.channels)
 
 
 @ray.remote(num_cpus=0)
@@ -119,59 +157,105 @@ def unit_order(*, num_units: int, seed: int, epoch: int, shuffle: bool) -> np.nd
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_units)
 
 
-def _rows(images: list, labels: list, ids: list, *, spec: TransformSpec) -> dict:
-    if not images:
-        shape = (0, spec.channels, spec.size, spec.size)
-        return {"image": np.empty(shape, np.uint8), "label": np.empty(0, np.int64),
-                "id": np.empty(0, np.int64)}
-    return {"image": torch.stack(images).numpy(), "label": np.asarray(labels, np.int64),
-            "id": np.asarray(ids, np.int64)}
+class _Chunk:
+    """One output batch, filled in place: each image is written once, into its row."""
+
+    def __init__(self, spec: TransformSpec, rows: int):
+        self.images = np.empty((rows, spec.channels, spec.size, spec.size), np.uint8)
+        self.labels = np.empty(rows, np.int64)
+        self.ids = np.empty(rows, np.int64)
+        self.count = 0
+
+    def full(self) -> bool:
+        return self.count == len(self.ids)
+
+    def rows(self) -> dict:
+        # A fresh _Chunk follows each yield: Ray Data may keep these arrays as the block.
+        n = self.count
+        return {"image": self.images[:n], "label": self.labels[:n], "id": self.ids[:n]}
 
 
-def preprocess(batch: dict, *, source, spec: TransformSpec, state, split: str, seed: int,
-               shuffle: bool, chunk_rows: int) -> Iterator[dict]:
-    """map_batches: positions -> preprocessed uint8 images, in chunks of chunk_rows."""
+def block_positions(block_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The positions of the blocks a preprocessing call got (one, with batch_size=None)."""
+    parts = [np.arange(bounds[b], bounds[b + 1]) for b in np.asarray(block_ids, np.int64)]
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def preprocess(batch: dict, *, recipe: SplitRecipe, bounds: np.ndarray) -> Iterator[dict]:
+    """map_batches: block indices -> their positions' samples, preprocessed to uint8
+    images, in chunks of recipe.chunk_rows."""
+    spec, state, split = recipe.spec, recipe.state, recipe.split
     epoch = ray.get(state.epoch.remote()) if spec.train and state is not None else 0
-    order = unit_order(num_units=source.num_units, seed=seed, epoch=epoch,
-                       shuffle=shuffle and spec.train)
-    images, labels, ids, skipped = [], [], [], []
-    for sample in source.load(order[batch["id"]]):
+    order = unit_order(num_units=recipe.source.num_units, seed=recipe.seed, epoch=epoch,
+                       shuffle=recipe.shuffle and spec.train)
+    chunk, skipped = _Chunk(spec, recipe.chunk_rows), []
+    for sample in recipe.source.load(order[block_positions(batch["id"], bounds)]):
         try:
-            image = spec.apply(sample, seed=seed, epoch=epoch)
+            spec.write(sample, chunk.images[chunk.count], seed=recipe.seed, epoch=epoch)
         except DecodeError as error:
             if spec.on_error == "raise":
                 raise ValueError(f"data: cannot decode {sample.origin} ({split} sample "
                                  f"{sample.sample_id}): {error} (data.on_error=raise)") from error
             skipped.append((sample.sample_id, sample.origin, str(error)))
             continue
-        images.append(image)
-        labels.append(sample.label)
-        ids.append(sample.sample_id)
-        if len(images) == chunk_rows:
-            yield _rows(images, labels, ids, spec=spec)
-            images, labels, ids = [], [], []
+        chunk.labels[chunk.count], chunk.ids[chunk.count] = sample.label, sample.sample_id
+        chunk.count += 1
+        if chunk.full():
+            yield chunk.rows()
+            chunk = _Chunk(spec, recipe.chunk_rows)
     if skipped and state is not None:
         # Blocking, so the count is complete by the time the rows are consumed.
         ray.get(state.record_skipped.remote(split, skipped))
-    if images:
-        yield _rows(images, labels, ids, spec=spec)
+    if chunk.count:
+        yield chunk.rows()
 
 
-def build_split(*, source, spec: TransformSpec, state, split: str, seed: int, shuffle: bool,
-                num_rows: int, num_blocks: int, rows_per_block: int, chunk_rows: int,
-                preprocess_cpus: int | None):
-    """The Dataset of one split: a range of positions, preprocessed by map_batches tasks."""
+@dataclass(frozen=True)
+class SplitRecipe:
+    """What one split's Dataset is made of, so that it can be built for any CPU count and
+    any slice of its units (ingest/sharding.py rebuilds it when a worker group starts)."""
+
+    source: object  # ArraySource, FolderSource or ParquetSource: num_units, load(units)
+    spec: TransformSpec
+    state: object  # the PipelineState actor
+    split: str
+    seed: int
+    shuffle: bool
+    num_rows: int
+    sizing: BlockSizing
+    chunk_rows: int  # rows per preprocessing call's output batch
+    preprocess_cpus: int | None  # most tasks at once (data.preprocess_cpus)
+
+    def __deepcopy__(self, memo) -> SplitRecipe:
+        # Train deep-copies its DataConfig, which holds recipes: they are immutable, and
+        # the object refs and the actor handle inside must stay the same objects.
+        return self
+
+
+def split_bounds(recipe: SplitRecipe, *, cpus: int,
+                 units: tuple[int, int] | None = None) -> np.ndarray:
+    """Unit boundaries of the blocks of the split (or of its units [first, stop))."""
+    first, stop = units if units is not None else (0, recipe.source.num_units)
+    count = stop - first
+    rows = round(recipe.num_rows * count / max(1, recipe.source.num_units))
+    return first + recipe.sizing.bounds(num_rows=rows, num_units=count, cpus=cpus)
+
+
+def build_split(recipe: SplitRecipe, *, cpus: int, units: tuple[int, int] | None = None):
+    """The Dataset of a split (or of its units [first, stop)): one row per block, each
+    mapped by a preprocessing task to its positions' samples. `cpus`: those the pipeline
+    may use, which size the blocks (ingest/sizing.py)."""
     import ray.data
 
-    blocks = min(source.num_units, max(num_blocks, math.ceil(num_rows / rows_per_block)))
-    # The same cap on the range read lets Ray Data fuse it with the map: one task per block.
-    positions = ray.data.range(source.num_units, override_num_blocks=blocks,
-                               concurrency=preprocess_cpus)
-    dataset = positions.map_batches(
+    bounds = split_bounds(recipe, cpus=cpus, units=units)
+    blocks = len(bounds) - 1
+    # One row per read block lets Ray Data fuse the range with the map: a task per block.
+    indices = ray.data.range(blocks, override_num_blocks=blocks,
+                             concurrency=recipe.preprocess_cpus)
+    dataset = indices.map_batches(
         preprocess, batch_size=None, num_cpus=1,
-        compute=ray.data.TaskPoolStrategy(size=preprocess_cpus),
-        fn_kwargs={"source": source, "spec": spec, "state": state, "split": split,
-                   "seed": seed, "shuffle": shuffle, "chunk_rows": chunk_rows})
+        compute=ray.data.TaskPoolStrategy(size=recipe.preprocess_cpus),
+        fn_kwargs={"recipe": recipe, "bounds": bounds})
     # Ray Data reserves a share of the CPU budget per operator; with our one fused operator
     # on a small node that held it to one task at a time (2 CPUs, 4 blocks: 2374 -> 2923
     # img/s without it; BENCHMARKS.md). A single operator has nothing to protect it from.

@@ -6,6 +6,9 @@ launch/prepare_data.py; benchmarks and tests call `prepare` directly.
 scale, seeded): 1437 * (1 + copies) train images. The val split is written once,
 unaugmented. Images are grayscale PNG (or JPEG); a copy's sample id is
 copy * 1797 + the digit's id, so ids stay unique across copies.
+
+`write_photos` writes photo-like RGB JPEGs instead (ImageNet's typical 500x375 by default:
+smooth colour fields plus texture, about a photo's decode cost), for the decode benchmarks.
 """
 
 from __future__ import annotations
@@ -113,3 +116,31 @@ def prepare(*, output: str, fmt: str, copies: int = 0, image_size: int = 32,
                                           rows_per_file=rows_per_file,
                                           rows_per_group=rows_per_group)
     return counts
+
+
+def photo_like(rng: np.random.Generator, *, width: int, height: int) -> np.ndarray:
+    """An RGB (height, width, 3) uint8 image with photo-like statistics: a smooth colour
+    field (bicubic from 16x12 random colours) plus Gaussian texture."""
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.int16)
+    return np.clip(field + rng.normal(0, 18, field.shape), 0, 255).astype(np.uint8)
+
+
+def write_photos(*, output: str, count: int, width: int = 500, height: int = 375,
+                 classes: int = 10, quality: int = 90, seed: int = 0) -> list[str]:
+    """`count` photo-like JPEGs as an ImageFolder train/ split (class = index % classes);
+    returns their paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index in range(count):
+        folder = Path(output) / "train" / f"{index % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{index:07d}.jpg"
+        Image.fromarray(photo_like(rng, width=width, height=height)).save(
+            path, format="JPEG", quality=quality)
+        paths.append(str(path))
+    return paths

@@ -29,7 +29,8 @@ def derived_seed(*parts: int) -> int:
 
 class RayFeed:
     """A rank's `trainers.worker.DataFeed` over Ray Data: its streaming shard of the train
-    split (shuffled locally with a (seed, epoch, rank) seed) and the whole val split."""
+    split (shuffled locally with a (seed, epoch, rank) seed) and its slice of the val split
+    (each val sample is in exactly one rank's slice; ingest/sharding.py)."""
 
     name = "tasks"  # where the preprocessing runs (summary.json's `data_feed`)
 
@@ -55,12 +56,9 @@ class RayFeed:
             device=self.device, pin_memory=self.device.type == "cuda")
 
     def val_batches(self, *, batch_size: int):
-        """This rank's share of the whole val split: batches i with i % world == rank."""
-        batches = self.val.iter_torch_batches(batch_size=batch_size, device=self.device,
-                                              prefetch_batches=self.config.data.prefetch_batches)
-        for index, batch in enumerate(batches):
-            if index % self.world_size == self.rank:
-                yield batch
+        """This rank's slice of the val split: only its own samples are decoded."""
+        return self.val.iter_torch_batches(batch_size=batch_size, device=self.device,
+                                           prefetch_batches=self.config.data.prefetch_batches)
 
     def num_skipped(self) -> int:
         return num_skipped(self.info)

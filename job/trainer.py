@@ -28,10 +28,9 @@ def preprocess_in_workers(config: Config) -> bool:
 
 
 def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callbacks=None):
-    from ray.data import DataContext, ExecutionOptions
+    from ray.data import DataContext
     from ray.train import (
         CheckpointConfig,
-        DataConfig,
         FailureConfig,
         LoggingConfig,
         RunConfig,
@@ -39,6 +38,7 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
     )
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ingest import trainer_data_config
     from job.loop import train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False
@@ -67,11 +67,11 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
         torch_config=TorchConfig(backend=config.comms.backend) if config.comms.backend else None,
         # Empty when the workers preprocess in-memory data themselves.
         datasets=datasets,
-        # Train is split into equal streaming shards; val is read whole by every worker,
-        # which evaluates its share of batches, so no val sample is dropped by the split.
-        # preserve_order makes the split (and so each worker's data) deterministic.
-        dataset_config=DataConfig(datasets_to_split=["train"],
-                                  execution_options=ExecutionOptions(preserve_order=True)),
+        # Train in equal streaming shards, its blocks sized for the CPUs the workers leave;
+        # val read once, a slice per rank (no sample dropped or read twice); with
+        # preserve_order, so each worker's data is deterministic (ingest/sharding.py).
+        dataset_config=trainer_data_config(info, config=config.data,
+                                           cpus_per_worker=trainer.cpus_per_worker),
     )
 
 
@@ -81,7 +81,10 @@ def run_training(config: Config) -> dict:
 
     stamps = {"run_start": time.time()}
     begin = time.perf_counter()
-    with ray_session(config) as output_dir:
+    # No dashboard for a single run's own cluster: it only serves the state API that
+    # Train V2 uses to clean up placement groups of stopped runs, and this cluster ends
+    # with the run (saves ~1 s of start-up here). Sweeps (tune/sweep.py) keep it.
+    with ray_session(config, dashboard=False) as output_dir:
         stamps["ray_started"] = time.time()
         datasets, info = build_datasets(config.data, seed=config.trainer.seed,
                                         in_workers=preprocess_in_workers(config))

@@ -1,6 +1,8 @@
 """The file formats end to end on the session's Ray cluster, with files made in the test:
-exactly-once epochs over 2 workers, corrupt images skipped and counted or raising."""
+exactly-once epochs over 2 workers, corrupt images skipped and counted or raising, val
+evaluated once per sample over 3 workers, and blocks sized for the cluster's CPUs."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +119,145 @@ def test_digits_preprocessed_in_the_workers_exactly_once_and_reproducibly(ray_cl
     assert set(sample_ids(tmp_path / "a", epoch=0)[0]) != set(sample_ids(tmp_path / "a", epoch=1)[0])
     losses = [[h["train_loss"] for h in run["history"]] for run in (first, second)]
     assert losses[0] == losses[1] and np.isfinite(losses[0]).all()
+
+
+# ---- validation once per sample, and blocks sized for the cluster --------------------
+
+NUM_VAL_UNEVEN = 362  # digits val at val_fraction 0.201: not a multiple of 3 workers
+
+
+def evaluation_loop(loop_config: dict) -> None:
+    """A Ray Train loop that only evaluates a checkpoint, through the real RayFeed and
+    Trainer.evaluate, and records the val ids each rank saw."""
+    import ray.train
+    import torch
+
+    from job.loop import RayFeed
+    from trainers.checkpoint import CHECKPOINT_FILE, load_state
+    from trainers.worker import Trainer
+
+    config, context = loop_config["config"], ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = torch.device("cpu")
+    feed = RayFeed(loop_config["info"], config=config, rank=rank, world_size=world_size,
+                   device=device)
+    seen, batches = [], feed.val_batches
+
+    def recording(*, batch_size):
+        for batch in batches(batch_size=batch_size):
+            seen.append(batch["id"].numpy())
+            yield batch
+
+    feed.val_batches = recording
+    state = load_state(Path(loop_config["checkpoint"]) / CHECKPOINT_FILE, map_location=device)
+    trainer = Trainer(config, rank=rank, world_size=world_size, device=device, data=feed,
+                      checkpoint=state)
+    counts = trainer.sync.all_reduce_sum(trainer.evaluate()).tolist()
+    trainer.close()
+    out = Path(loop_config["out"])
+    np.save(out / f"rank{rank}.npy", np.concatenate(seen))
+    if rank == 0:  # Train V2 keeps metrics only with a checkpoint: a file instead
+        np.save(out / "counts.npy", np.asarray(counts))
+    ray.train.report({})
+
+
+def evaluate_checkpoint(config, *, checkpoint: str, workers: int, out: Path) -> list[float]:
+    """[top-1 hits, top-5 hits, samples] of `checkpoint` over val with `workers` workers."""
+    from ray import cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ingest import build_datasets, trainer_data_config
+
+    # The workers cannot import this test module: ship evaluation_loop by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out.mkdir(parents=True)
+    datasets, info = build_datasets(config.data, seed=config.trainer.seed)
+    trainer = TorchTrainer(
+        evaluation_loop, scaling_config=ScalingConfig(num_workers=workers),
+        train_loop_config={"config": config, "info": info, "checkpoint": checkpoint,
+                           "out": str(out)},
+        datasets=datasets, run_config=RunConfig(name=f"eval{workers}", storage_path=str(out)),
+        dataset_config=trainer_data_config(info, config=config.data, cpus_per_worker=1))
+    trainer.fit()
+    return np.load(out / "counts.npy").tolist()
+
+
+def test_val_is_evaluated_once_across_workers_with_the_top1_of_one_worker(ray_cluster, tmp_path):
+    """3 workers on a val set of 362: every sample evaluated exactly once (by one rank),
+    and a fixed trained checkpoint scores the same with 3 workers as with 1, and as the
+    training run reported."""
+    root = tmp_path / "data"
+    counts = prepare(output=str(root), fmt="imagefolder", image_size=64, encoding="jpeg",
+                     val_fraction=0.201)
+    assert counts["val"] == NUM_VAL_UNEVEN
+    overrides = ["data=imagefolder", f"data.path={root}", "data.channels=1",
+                 "data.image_size=16", "trainer.epochs=1", "optim.warmup_epochs=0"]
+    summary = run_training(compose(overrides + ["trainer.num_workers=3",
+                                                f"run.output_dir={tmp_path / 'run'}"]))
+    assert summary["world_size"] == 3 and summary["val_samples"] == NUM_VAL_UNEVEN
+    config = compose(overrides + [f"run.output_dir={tmp_path / 'eval'}"])
+    results = {}
+    for workers in (1, 3):
+        out = tmp_path / f"eval{workers}"
+        results[workers] = evaluate_checkpoint(config, checkpoint=summary["checkpoint"],
+                                               workers=workers, out=out)
+        ranks = [np.load(out / f"rank{rank}.npy") for rank in range(workers)]
+        seen = np.concatenate(ranks)
+        # Each val sample once, in balanced contiguous slices (ids are listing order).
+        assert sorted(seen.tolist()) == list(range(NUM_VAL_UNEVEN))
+        assert max(map(len, ranks)) - min(map(len, ranks)) <= 1
+    assert results[1] == results[3] and results[3][2] == NUM_VAL_UNEVEN
+    assert results[3][0] / NUM_VAL_UNEVEN == summary["val_top1"]
+
+
+def test_blocks_follow_the_cpus_the_workers_leave(ray_cluster):
+    """The tasks per epoch grow with the spare CPUs (6 CPUs in the session cluster), the
+    built Datasets have those blocks, and every layout reads each sample once."""
+    import ray
+
+    from ingest import build_datasets, trainer_data_config
+    from ingest.pipeline import build_split, split_bounds
+
+    data = compose(["data.preprocess_on=tasks"]).data
+    datasets, info = build_datasets(data, seed=0)
+    recipe = info.recipes["train"]
+    sharding = trainer_data_config(info, config=data, cpus_per_worker=1)
+    assert ray.cluster_resources()["CPU"] == 6
+    assert [sharding.spare_cpus(world) for world in (2, 3, 5)] == [4, 3, 1]
+    # Pure sizing: 1437 train rows, one block per spare CPU (2 at least: data.num_blocks).
+    assert [len(split_bounds(recipe, cpus=cpus)) - 1 for cpus in (1, 2, 6, 64)] == [2, 2, 6, 22]
+    train_ids = sorted(recipe.source.ids.tolist())
+    for cpus in (4, 1):
+        dataset = build_split(recipe, cpus=cpus).materialize()
+        assert f"{max(2, cpus)} tasks executed" in dataset.stats()
+        assert sorted(np.concatenate([b["id"] for b in dataset.iter_batches(
+            batch_format="numpy")]).tolist()) == train_ids
+    # Per-rank val slices: disjoint, covering val, balanced within one sample.
+    shards = sharding.val_shards(datasets["val"], world_size=3, cpus=3)
+    ranks = [np.concatenate([b["id"] for b in shard.iter_batches(batch_format="numpy")])
+             for shard in shards]
+    assert sorted(np.concatenate(ranks).tolist()) == sorted(info.recipes["val"].source.ids.tolist())
+    assert max(map(len, ranks)) - min(map(len, ranks)) <= 1
+
+
+def test_val_without_a_recipe_is_split_without_dropping_rows(ray_cluster):
+    """Synthetic val (no recipe): streaming_split(equal=False) over 3 readers at once
+    reads each of 50 rows once (dealt by whole blocks: with 2 blocks a reader gets none);
+    equal=True would drop rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest import build_datasets, trainer_data_config
+
+    data = compose(["data=synthetic", "data.num_val_samples=50", "data.image_size=8"]).data
+    datasets, info = build_datasets(data, seed=0)
+    sharding = trainer_data_config(info, config=data, cpus_per_worker=1)
+    shards = sharding.val_shards(datasets["val"], world_size=3, cpus=3)
+
+    def read(shard):  # a streaming split starts once every reader asks
+        ids = [b["id"] for b in shard.iter_batches(batch_format="numpy")]
+        return np.concatenate(ids) if ids else np.empty(0, np.int64)
+
+    with ThreadPoolExecutor(3) as pool:
+        ranks = list(pool.map(read, shards))
+    assert sorted(np.concatenate(ranks).tolist()) == list(range(50))
