@@ -35,7 +35,6 @@ class ClusterConfig:
     num_cpus: int | None = None
     object_store_memory_mb: int | None = None
     # The dashboard (ray[default]) is what lets Tune with Train V2 release placement groups.
-    # null: on for sweeps, off for a single run (its cluster ends with it).
     include_dashboard: bool | None = None
 
 

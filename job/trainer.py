@@ -81,10 +81,7 @@ def run_training(config: Config) -> dict:
 
     stamps = {"run_start": time.time()}
     begin = time.perf_counter()
-    # No dashboard for a single run's own cluster: it only serves the state API that
-    # Train V2 uses to clean up placement groups of stopped runs, and this cluster ends
-    # with the run (saves ~1 s of start-up here). Sweeps (tune/sweep.py) keep it.
-    with ray_session(config, dashboard=False) as output_dir:
+    with ray_session(config) as output_dir:
         stamps["ray_started"] = time.time()
         datasets, info = build_datasets(config.data, seed=config.trainer.seed,
                                         in_workers=preprocess_in_workers(config))
