@@ -136,9 +136,12 @@ class StagePipeline:
         if outbox is not None:
             outbox.put(self._STOP)
 
-    def close(self) -> None:
+    def close(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the stage threads. A thread still blocked in a collective whose peer died
+        (a failure path) is left behind after `timeout_s`: it is a daemon, and waiting
+        for the backend's own timeout (30 min for gloo) would hold the worker."""
         if self._queues:
             self._queues[0].put(self._STOP)
         for thread in self._threads:
-            thread.join()
+            thread.join(timeout=timeout_s)
         self._queues, self._threads = [], []

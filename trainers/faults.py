@@ -8,6 +8,7 @@ trains on.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,22 @@ class FaultInjector:
                                    "(debug.fail_at_step)")
         elif event == "checkpoint" and epoch == self.config.fail_in_checkpoint_epoch:
             if self._first_time(self.CHECKPOINT_MARKER):
+                self._wait_for_registered(epoch - 1)
                 crash_while_writing(state, path=self.run_dir / name / CHECKPOINT_FILE)
+
+    def _wait_for_registered(self, epoch: int, *, timeout_s: float = 60.0) -> None:
+        """Let Ray Train register the previous epoch's checkpoint first: its controller
+        takes reports in on its own polling interval, and a crash before that would lose
+        the report too, which is not the fault this injects (a crash mid-write)."""
+        if epoch < 1:
+            return
+        snapshot = self.run_dir / "checkpoint_manager_snapshot.json"
+        wanted = f"checkpoint_epoch_{epoch:04d}"
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if snapshot.is_file() and wanted in snapshot.read_text():
+                return
+            time.sleep(0.2)
 
     def _first_time(self, marker: str) -> bool:
         path = self.run_dir / marker
