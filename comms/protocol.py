@@ -49,5 +49,5 @@ class GradSync(Protocol):
         ...
 
     def close(self) -> None:
-        """Release hooks, stage threads and process groups; safe to call twice."""
+        """Release hooks and stage threads (process groups go with the worker); safe to call twice."""
         ...

@@ -9,10 +9,12 @@ the workers' share of them and the format; large or encoded sets keep the pipeli
 
 Same guarantees as the pipeline: epoch e's global order is a permutation seeded by
 (seed, e) (`ingest.pipeline.unit_order`), rank r of w trains positions
-[r * n // w, (r + 1) * n // w) of it (equal shards; the < w rows left over and each rank's
-last partial batch are dropped), shuffled locally with a (seed, e, r) seed, and each
+[r * (n // w), (r + 1) * (n // w)) of it (equal shards; the < w rows left over and each
+rank's last partial batch are dropped), shuffled locally with a (seed, e, r) seed (as the
+pipeline's workers shuffle theirs, with `data.shuffle` off too), and each
 sample's augmentation is seeded by (seed, e, sample id). Validation: rank r evaluates its
-contiguous slice of the val set, so every val sample is decoded and evaluated once.
+contiguous slice of the val set ([r * n // w, (r + 1) * n // w)), so every val sample is
+decoded and evaluated once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from ingest.info import DatasetInfo
 from ingest.pipeline import ArraySource, TransformSpec, cached_get, unit_order
+from ingest.sizing import rank_slices
 
 
 @dataclass(frozen=True)
@@ -69,16 +72,15 @@ class MemoryFeed:
                            shuffle=splits.shuffle)
         shard = source.num_units // self.world_size
         positions = order[self.rank * shard:(self.rank + 1) * shard]
-        if splits.shuffle:
-            positions = np.random.default_rng(self._local_seed(epoch)).permutation(positions)
+        positions = np.random.default_rng(self._local_seed(epoch)).permutation(positions)
         for start in range(0, len(positions) - batch_size + 1, batch_size):
             yield self._batch(source, positions[start:start + batch_size],
                               spec=splits.train_spec, epoch=epoch)
 
     def val_batches(self, *, batch_size: int) -> Iterator[dict]:
         source = self.splits.val
-        bounds = np.linspace(0, source.num_units, self.world_size + 1).astype(np.int64)
-        mine = np.arange(bounds[self.rank], bounds[self.rank + 1])
+        start, stop = rank_slices(source.num_units, self.world_size)[self.rank]
+        mine = np.arange(start, stop)
         for start in range(0, len(mine), batch_size):
             yield self._batch(source, mine[start:start + batch_size],
                               spec=self.splits.val_spec, epoch=0)

@@ -36,12 +36,7 @@ import copy
 from ray.train import DataConfig
 
 from ingest.pipeline import build_split
-
-
-def rank_slices(num_units: int, world_size: int) -> list[tuple[int, int]]:
-    """Rank r's units [r * n // w, (r + 1) * n // w): contiguous, disjoint, covering all."""
-    bounds = [rank * num_units // world_size for rank in range(world_size + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+from ingest.sizing import rank_slices
 
 
 def spare_cpus(*, cluster_cpus: float, world_size: int, cpus_per_worker: float,

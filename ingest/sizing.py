@@ -80,3 +80,9 @@ def block_bounds(*, num_units: int, num_blocks: int, ramp: int = 0) -> np.ndarra
     shares = np.diff(np.round(np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
                               * spare).astype(np.int64))
     return np.concatenate([[0], np.cumsum(1 + shares)]).astype(np.int64)
+
+
+def rank_slices(num_units: int, world_size: int) -> list[tuple[int, int]]:
+    """Rank r's units [r * n // w, (r + 1) * n // w): contiguous, disjoint, covering all."""
+    bounds = [rank * num_units // world_size for rank in range(world_size + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))

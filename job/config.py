@@ -19,10 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.paths import CONF_DIR
 from common.validation import require
-from comms.registry import SYNCS
-from trainers.config import TrainingConfig, check_training
-from trainers.optim import OPTIMIZERS
-from trainers.precision import PRECISIONS
+from trainers.config import OPTION_SECTIONS, TrainingConfig, check_training
 
 
 @dataclass
@@ -64,7 +61,7 @@ def register_configs(schema: type = Config) -> None:
     under its group (`comms/ddp_schema`, ...), read from the components' registries."""
     store = ConfigStore.instance()
     store.store(name="raylars_schema", node=schema)
-    for group, registry in (("optim", OPTIMIZERS), ("precision", PRECISIONS), ("comms", SYNCS)):
+    for group, registry in OPTION_SECTIONS:
         for name in registry:
             store.store(group=group, name=f"{name}_schema", node=registry.get(name).schema)
 
@@ -74,6 +71,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     sections, warn about settings the run ignores; return it."""
     if isinstance(cfg, DictConfig):
         reject_unknown_keys(cfg, prefix="")
+        _check_option_names(cfg)
     config = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     check_training(config)
     if config.cluster.num_cpus is not None:
@@ -84,6 +82,16 @@ def validate(cfg: DictConfig | Config) -> Config:
                 f"({trainer.cpus_per_worker})")
     _warn_ignored(config)
     return config
+
+
+def _check_option_names(cfg: DictConfig) -> None:
+    """`optim.name=sgd` under `optim=lars` would build a LARS schema named sgd: the option
+    is chosen with the group (`optim=sgd`), so name and schema must agree."""
+    for section, registry in OPTION_SECTIONS:
+        name = cfg[section].name
+        require(OmegaConf.get_type(cfg[section]) is registry.get(name).schema,
+                f"{section}.name={name} needs the {section}={name} group option "
+                f"(choose it with `{section}={name}`, not by setting {section}.name)")
 
 
 def reject_unknown_keys(node: DictConfig, *, prefix: str) -> None:

@@ -1,1 +1,1 @@
-"""Thin entry points: train (run.py), and the job glue they share (config.py, job.py)."""
+"""Entry-point scripts (`run.py`, `tune.py`, `plan.py`, `prepare_data.py`): thin, imported by no package."""

@@ -15,11 +15,15 @@ from pathlib import Path
 
 from common.validation import require
 from comms.config import CommsConfig
+from comms.registry import SYNCS
 from ingest.config import DataConfig
 from trainers.batching import steps_per_epoch
 from trainers.faults import DebugConfig
-from trainers.optim import OptimConfig
-from trainers.precision import PrecisionConfig
+from trainers.optim import OPTIMIZERS, OptimConfig
+from trainers.precision import PRECISIONS, PrecisionConfig
+
+# The sections whose option (`optim=`, ...) picks a schema, each with its registry.
+OPTION_SECTIONS = (("optim", OPTIMIZERS), ("precision", PRECISIONS), ("comms", SYNCS))
 
 
 @dataclass
@@ -141,31 +145,26 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         # Built in code (tests, benchmarks) with a section left at its base class: become
-        # the named option's schema, so a builder always gets the keys it reads. (Hydra
-        # merges the option's schema in itself; a name that does not match it is
-        # check_training's error.)
-        from comms.registry import SYNCS
-        from trainers.optim import OPTIMIZERS
-        from trainers.precision import PRECISIONS
-
-        for section, registry in (("optim", OPTIMIZERS), ("precision", PRECISIONS),
-                                  ("comms", SYNCS)):
+        # the named option's schema, so a builder always gets the keys it reads; only the
+        # fields set away from the base's defaults carry over (the option's own defaults,
+        # e.g. sgd's lr, stay). A composed config was checked for this before it was built
+        # (job/config.py), and check_training rejects a name that does not match its schema.
+        for section, registry in OPTION_SECTIONS:
             value = getattr(self, section)
             schema = registry.get(value.name).schema
             if type(value) is not schema and issubclass(schema, type(value)):
-                setattr(self, section, schema(**{f.name: getattr(value, f.name)
-                                                 for f in dataclasses.fields(value)}))
+                base = type(value)()
+                changed = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                           if getattr(value, f.name) != getattr(base, f.name)}
+                setattr(self, section, schema(**changed))
 
 
 def check_training(config: TrainingConfig) -> None:
     """The rules across sections: the chosen options' schemas, warmup inside the run, a
     full step per epoch at every world size, and a resumable checkpoint."""
-    from comms.registry import SYNCS
     from ingest import dataset_sizes
-    from trainers.optim import OPTIMIZERS
-    from trainers.precision import PRECISIONS
 
-    for section, registry in (("optim", OPTIMIZERS), ("precision", PRECISIONS), ("comms", SYNCS)):
+    for section, registry in OPTION_SECTIONS:
         value = getattr(config, section)
         schema = registry.get(value.name).schema
         require(type(value) is schema,
@@ -182,6 +181,12 @@ def check_training(config: TrainingConfig) -> None:
             f"trainer.global_batch_size ({trainer.global_batch_size}) is larger than the "
             f"{num_train} training samples of data={config.data.name} split over "
             f"{world_size} workers: no full step per epoch")
+    fault = config.debug.fail_in_checkpoint_epoch
+    require(fault is None or (fault <= trainer.epochs and (
+        fault == trainer.epochs or fault % trainer.checkpoint_every_epochs == 0)),
+        f"debug.fail_in_checkpoint_epoch ({fault}) is not an epoch that writes a checkpoint "
+        f"(every trainer.checkpoint_every_epochs={trainer.checkpoint_every_epochs} epochs, "
+        f"and the last of trainer.epochs={trainer.epochs})")
     if trainer.resume_from is not None:
         _check_resume_from(trainer)
 

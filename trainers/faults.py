@@ -43,8 +43,9 @@ class FaultInjector:
             config.fail_at_step is not None or config.fail_in_checkpoint_epoch is not None)
 
     def at(self, event: str, *, global_step: int, epoch: int, state=None,
-           name: str = "") -> None:
-        """`event` "step": maybe raise; "checkpoint": maybe crash writing `state` as `name`."""
+           name: str = "", previous: str | None = None) -> None:
+        """`event` "step": maybe raise; "checkpoint": maybe crash writing `state` as `name`
+        (once `previous`, the run's last checkpoint before it, is registered)."""
         if not self.armed:
             return
         if event == "step" and global_step == self.config.fail_at_step:
@@ -53,17 +54,16 @@ class FaultInjector:
                                    "(debug.fail_at_step)")
         elif event == "checkpoint" and epoch == self.config.fail_in_checkpoint_epoch:
             if self._first_time(self.CHECKPOINT_MARKER):
-                self._wait_for_registered(epoch - 1)
+                self._wait_for_registered(previous)
                 crash_while_writing(state, path=self.run_dir / name / CHECKPOINT_FILE)
 
-    def _wait_for_registered(self, epoch: int, *, timeout_s: float = 60.0) -> None:
-        """Let Ray Train register the previous epoch's checkpoint first: its controller
-        takes reports in on its own polling interval, and a crash before that would lose
-        the report too, which is not the fault this injects (a crash mid-write)."""
-        if epoch < 1:
+    def _wait_for_registered(self, wanted: str | None, *, timeout_s: float = 60.0) -> None:
+        """Let Ray Train register the previous checkpoint first: its controller takes
+        reports in on its own polling interval, and a crash before that would lose the
+        report too, which is not the fault this injects (a crash mid-write)."""
+        if wanted is None:
             return
         snapshot = self.run_dir / "checkpoint_manager_snapshot.json"
-        wanted = f"checkpoint_epoch_{epoch:04d}"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if snapshot.is_file() and wanted in snapshot.read_text():

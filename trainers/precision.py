@@ -15,7 +15,7 @@ No host sync per step. A step never reads a device value on the host: the skippe
 count and the loss scale stay tensors on the device and are read only when someone asks
 (`skipped_steps`, `loss_scale`: the trainer does, once an epoch). The skip itself happens on
 the device for optimizers that take GradScaler's `found_inf` (`_step_supports_amp_scaling`:
-torch's fused SGD, and LARS once it adopts that contract); for any other optimizer
+torch's fused SGD, and LARS); for any other optimizer
 GradScaler decides on the host, one `.item()` per step (`syncs_per_step` says which).
 
 Each mode is one row of `MODES` (what it does) and one entry of `PRECISIONS` (its schema).
@@ -91,9 +91,6 @@ class Precision:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as this precision trains it (fp16 parameters for fp16_pure)."""
         return model.to(self.mode.param_dtype)
-
-    def cast_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(self.mode.param_dtype)
 
     @property
     def input_dtype(self) -> torch.dtype:

@@ -192,8 +192,10 @@ class Trainer:
             return
         name = f"checkpoint_epoch_{self.state.epoch:04d}"
         state = self.checkpoint_state() if self.rank == 0 else None
+        before = (self.state.epoch - 1) // trainer.checkpoint_every_epochs * trainer.checkpoint_every_epochs
         self.faults.at("checkpoint", global_step=self.state.global_step,
-                       epoch=self.state.epoch, state=state, name=name)
+                       epoch=self.state.epoch, state=state, name=name,
+                       previous=f"checkpoint_epoch_{before:04d}" if before else None)
         report(self.metrics(), state, name)
 
     def train_epoch(self, epoch: int) -> dict:

@@ -72,7 +72,7 @@ def concurrent_trials(config: SweepConfig) -> int:
     if config.tune.max_concurrent_trials:
         return config.tune.max_concurrent_trials
     trainer = config.trainer
-    return trials_that_fit(ray.cluster_resources(), num_workers=trainer.num_workers,
+    return trials_that_fit(ray.cluster_resources(), num_workers=trainer.max_world_size,
                            cpus_per_worker=trainer.cpus_per_worker, use_gpu=trainer.use_gpu,
                            worker_resources=trainer.worker_resources)
 

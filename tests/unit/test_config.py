@@ -55,6 +55,10 @@ def test_every_group_option_composes(group, option):
     ("comms=hierarchical comms.pipeline_chunk_mb=0", "comms.pipeline_chunk_mb"),
     ("comms=hierarchical comms.variant=3d", "comms.variant"),
     ("optim.name=sgd", "optim.name"),  # the name without its group option's schema
+    ("precision.name=fp16", "precision.name"),  # fp16's schema would be swapped in
+    ("comms=fused comms.name=hierarchical", "comms.name"),
+    ("trainer.checkpoint_every_epochs=2 debug.fail_in_checkpoint_epoch=3",
+     "debug.fail_in_checkpoint_epoch"),  # no checkpoint in epoch 3: the fault never fires
     ("+comms.segments=2", "comms.segments"),  # a key comms=ddp does not read
     ("comms.backend=mpi", "comms.backend"),
     ("cluster.num_cpus=1", "cluster.num_cpus"),
@@ -129,3 +133,11 @@ def test_tune_settings_are_checked_only_for_sweeps():
         compose_sweep(["tune.lr_max=0.1"])  # the tune section is schema-checked when built
     with pytest.raises(ConfigCompositionException, match="tune"):
         compose(["tune.lr_max=0.1"])  # launch/run.py has no tune section
+
+
+def test_a_section_built_in_code_becomes_its_options_schema_with_its_defaults():
+    from trainers.config import TrainingConfig
+    from trainers.optim import OptimConfig, SgdConfig
+
+    optim = TrainingConfig(optim=OptimConfig(name="sgd", momentum=0.5)).optim
+    assert type(optim) is SgdConfig and optim.lr == 0.2 and optim.momentum == 0.5

@@ -4,8 +4,8 @@ functions, no Ray cluster."""
 import numpy as np
 import pytest
 
-from ingest.sharding import rank_slices, spare_cpus
-from ingest.sizing import BlockSizing, block_bounds, ramp_length
+from ingest.sharding import spare_cpus
+from ingest.sizing import BlockSizing, block_bounds, ramp_length, rank_slices
 
 DEFAULTS = BlockSizing(min_blocks=2, max_rows=4096, min_rows=64)  # data.* defaults
 IMAGENET = 1_281_167

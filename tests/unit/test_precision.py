@@ -97,7 +97,7 @@ def test_fp16_pure_keeps_fp16_parameters_through_training_steps():
     for _ in range(2):
         optimizer.zero_grad()
         with precision.autocast():
-            out = model(precision.cast_inputs(torch.randn(8, 1, 8, 8)))
+            out = model(torch.randn(8, 1, 8, 8).to(precision.input_dtype))
         assert out.dtype == torch.float16
         precision.backward(out.float().pow(2).mean())
         precision.step(optimizer)

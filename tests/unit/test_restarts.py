@@ -1,4 +1,4 @@
-"""The restart log (launch/restarts.py) fed the controller's own state objects, in the
+"""The restart log (job/restarts.py) fed the controller's own state objects, in the
 order Ray Train's controller goes through them; no processes."""
 
 import json
