@@ -153,7 +153,10 @@ def test_group_grows_when_a_node_joins_and_shrinks_when_it_leaves(
     add, remove = elastic_nodes
     add("127.0.0.4")
     run_dir = tmp_path / "train"
-    epochs = 8
+    # Long enough that the group still has epochs left to shrink in after it grew: a join
+    # takes ~12-15 s to turn into a 4-worker group here (node start, resize check,
+    # restart), and with 8 epochs of ~2.5 s the grow could land on the last one.
+    epochs = 12
     config = compose(BASE + [
         f"trainer.epochs={epochs}", "trainer.min_workers=2", "trainer.max_workers=4",
         "trainer.resize_interval_s=2", "+trainer.worker_resources.raylars_elastic=1",
@@ -186,7 +189,8 @@ def test_group_grows_when_a_node_joins_and_shrinks_when_it_leaves(
     # on 4 workers had other shards and per-rank BN batches of 16, so the rest of the run
     # follows another trajectory, as another seed would. Tolerances: the spread of
     # unresized 8-epoch runs over seeds 0-3, val_top1 0.889-0.961 (7.2 pt) and final
-    # train loss 0.366-0.578 (0.21); a resized run must stay within that spread.
+    # train loss 0.366-0.578 (0.21); a resized run must stay within that spread (at 12
+    # epochs the runs converge further, so this bound is looser than it need be).
     fixed = run_training(compose(BASE + [f"trainer.epochs={epochs}", "comms=hierarchical",
                                          f"run.output_dir={tmp_path / 'fixed'}"]))
     assert fixed["world_size_history"] == [2] and fixed["restarts"] == 0
