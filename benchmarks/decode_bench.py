@@ -181,9 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_framework:
             import ray
 
+            from job.session import init_local_ray
+
             # One CPU: one preprocessing task at a time, as the DataLoader's one worker.
-            ray.init(address="local", num_cpus=1, include_dashboard=False,
-                     _node_ip_address="127.0.0.1")
+            init_local_ray(num_cpus=1, include_dashboard=False)
             from ray.data import DataContext
 
             DataContext.get_current().execution_options.preserve_order = True

@@ -209,6 +209,7 @@ def stage_ingest(*, batch: int, epochs: int, photo_rows: int, digit_copies: int)
     from ray.data import DataContext
 
     from ingest.prepare import prepare
+    from job.session import init_local_ray
 
     cpus = os.cpu_count() or 1
     results = {"cpus": cpus}
@@ -218,8 +219,7 @@ def stage_ingest(*, batch: int, epochs: int, photo_rows: int, digit_copies: int)
                 image_size=IMAGE_SIZE, encoding="jpeg", rows_per_group=64)
         write_photo_like(photos, rows=photo_rows, distinct=300)
         # A private instance (never one found on the machine), bound to loopback.
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                 log_to_driver=False, _node_ip_address="127.0.0.1")
+        init_local_ray(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
         try:
             context = DataContext.get_current()
             context.execution_options.preserve_order = True  # as Ray Train reads it

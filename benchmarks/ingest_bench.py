@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
+    from job.session import init_local_ray
+
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     with tempfile.TemporaryDirectory() as scratch:
         root = args.data or str(Path(scratch) / "digits")
@@ -204,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             prepare(output=root, fmt="imagefolder", copies=args.copies,
                     image_size=args.source_size, encoding="jpeg")
         # A private cluster with exactly the preprocessing CPUs (+1 for the feeding model).
-        ray.init(address="local", num_cpus=args.cpus + 1, include_dashboard=False,
-                 _node_ip_address="127.0.0.1")
+        init_local_ray(num_cpus=args.cpus + 1, include_dashboard=False)
         from ray.data import DataContext
 
         DataContext.get_current().execution_options.preserve_order = True

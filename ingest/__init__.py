@@ -25,11 +25,12 @@ __all__ = ["DatasetInfo", "announce_epoch", "build_datasets", "dataset_sizes", "
            "trainer_data_config"]
 
 
-def announce_epoch(info: DatasetInfo, *, epoch: int) -> None:
-    """Call on every worker before reading epoch `epoch` of the train split."""
+def announce_epoch(info: DatasetInfo, *, epoch: int, first_step: int = 0) -> None:
+    """Call on every worker before reading epoch `epoch` of the train split (from its
+    optimizer step `first_step` on, for a resumed epoch)."""
     from ingest.pipeline import announce_epoch as announce
 
-    announce(info.state, epoch=epoch)
+    announce(info.state, epoch=epoch, first_step=first_step)
 
 
 def num_skipped(info: DatasetInfo) -> int:
@@ -54,10 +55,13 @@ def build_datasets(config: DataConfig, *, seed: int,
     return FORMATS.build(config.name, config=config, seed=seed, in_workers=in_workers)
 
 
-def trainer_data_config(info: DatasetInfo, *, config: DataConfig, cpus_per_worker: float):
-    """The `ray.train.DataConfig` for the Datasets of `build_datasets`: train in equal
-    shards, sized for the CPUs the workers leave; val once, a slice per rank."""
+def trainer_data_config(info: DatasetInfo, *, config: DataConfig, cpus_per_worker: float,
+                        global_batch_size: int, max_steps: int | None = None):
+    """The `ray.train.DataConfig` for the Datasets of `build_datasets`: train as each
+    rank's share of every global batch (ingest/order.py), sized for the CPUs the workers
+    leave; val once, a slice per rank."""
     from ingest.sharding import IngestDataConfig
 
     return IngestDataConfig(recipes=info.recipes, cpus_per_worker=cpus_per_worker,
-                            preprocess_cpus=config.preprocess_cpus)
+                            preprocess_cpus=config.preprocess_cpus,
+                            global_batch_size=global_batch_size, max_steps=max_steps)

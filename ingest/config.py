@@ -75,6 +75,10 @@ class DataConfig:
     # when the cluster has less than one spare CPU per training worker. The other formats
     # always use tasks.
     preprocess_on: str = "auto"
+    # A Ray Data feed that yields no batch for this many seconds while a worker waits for
+    # one fails the run with what holds the cluster's CPUs and what waits for them
+    # (job/watchdog.py), instead of waiting forever.
+    stall_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         # Checked when built, like every schema: no builder sees an unchecked config.
@@ -131,6 +135,8 @@ class DataConfig:
         require(self.preprocess_on in PREPROCESS_ON,
                 f"data.preprocess_on: unknown {self.preprocess_on!r}; "
                 f"known: {', '.join(PREPROCESS_ON)}")
+        require(self.stall_timeout_s > 0,
+                f"data.stall_timeout_s must be > 0, got {self.stall_timeout_s}")
         for key in ("preprocess_batch_size", "num_blocks", "rows_per_block", "blocks_per_cpu",
                     "prefetch_batches", "local_shuffle_rows"):
             require(getattr(self, key) >= 1, f"data.{key} must be >= 1, got {getattr(self, key)}")

@@ -7,14 +7,12 @@ work it carries, and on a small cluster the tasks take cores from the training p
 (BENCHMARKS.md, framework tax). `use_worker_preprocessing` decides from the cluster's CPUs,
 the workers' share of them and the format; large or encoded sets keep the pipeline.
 
-Same guarantees as the pipeline: epoch e's global order is a permutation seeded by
-(seed, e) (`ingest.pipeline.unit_order`), rank r of w trains positions
-[r * (n // w), (r + 1) * (n // w)) of it (equal shards; the < w rows left over and each
-rank's last partial batch are dropped), shuffled locally with a (seed, e, r) seed (as the
-pipeline's workers shuffle theirs, with `data.shuffle` off too), and each
-sample's augmentation is seeded by (seed, e, sample id). Validation: rank r evaluates its
-contiguous slice of the val set ([r * n // w, (r + 1) * n // w)), so every val sample is
-decoded and evaluated once.
+Same guarantees as the pipeline: step s of epoch e trains the positions
+[s * G, (s + 1) * G) of a permutation seeded by (seed, e) (`ingest.order`), rank r taking
+its contiguous share, so a run resumed mid-epoch at any world size trains each remaining
+sample once; each sample's augmentation is seeded by (seed, e, sample id). Validation:
+rank r evaluates its contiguous slice of the val set ([r * n // w, (r + 1) * n // w)), so
+every val sample is decoded and evaluated once.
 """
 
 from __future__ import annotations
@@ -26,7 +24,8 @@ import numpy as np
 import torch
 
 from ingest.info import DatasetInfo
-from ingest.pipeline import ArraySource, TransformSpec, cached_get, unit_order
+from ingest.order import StepSlices, unit_order
+from ingest.pipeline import ArraySource, TransformSpec, cached_get
 from ingest.sizing import rank_slices
 
 
@@ -57,25 +56,22 @@ class MemoryFeed:
     """A rank's `trainers.worker.DataFeed` over `MemorySplits`."""
 
     name = "workers"  # where the preprocessing runs (summary.json's `data_feed`)
+    step_aligned = True  # runs `ingest.order`'s steps: exact mid-epoch resume
 
     def __init__(self, splits: MemorySplits, info: DatasetInfo, *, rank: int, world_size: int,
-                 device: torch.device, local_seed):
+                 device: torch.device):
         self.splits, self.rank, self.world_size, self.device = splits, rank, world_size, device
         self.num_classes, self.in_channels = info.num_classes, info.in_channels
         self.num_train, self.mean, self.std = info.num_train, info.mean, info.std
-        # local_seed(epoch) -> the (seed, epoch, rank) seed of this rank's local shuffle.
-        self._local_seed = local_seed
 
-    def train_batches(self, *, epoch: int, batch_size: int) -> Iterator[dict]:
+    def train_batches(self, *, epoch: int, slices: StepSlices, first_step: int,
+                      num_steps: int) -> Iterator[dict]:
         source, splits = self.splits.train, self.splits
         order = unit_order(num_units=source.num_units, seed=splits.seed, epoch=epoch,
                            shuffle=splits.shuffle)
-        shard = source.num_units // self.world_size
-        positions = order[self.rank * shard:(self.rank + 1) * shard]
-        positions = np.random.default_rng(self._local_seed(epoch)).permutation(positions)
-        for start in range(0, len(positions) - batch_size + 1, batch_size):
-            yield self._batch(source, positions[start:start + batch_size],
-                              spec=splits.train_spec, epoch=epoch)
+        for step in range(first_step, num_steps):
+            positions = slices.positions(first_step=step, stop_step=step + 1)
+            yield self._batch(source, order[positions], spec=splits.train_spec, epoch=epoch)
 
     def val_batches(self, *, batch_size: int) -> Iterator[dict]:
         source = self.splits.val

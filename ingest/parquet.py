@@ -117,6 +117,12 @@ class ParquetSource:
     def num_units(self) -> int:
         return len(self.listing.row_group)
 
+    @property
+    def unit_rows(self) -> np.ndarray:
+        """Rows of each row group (ingest/order.py lays them end to end per epoch)."""
+        listing = self.listing
+        return np.diff(np.append(listing.first_id, listing.num_rows))
+
     def load(self, units: np.ndarray) -> Iterator[Sample]:
         import pyarrow.parquet as pq
 

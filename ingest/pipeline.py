@@ -2,32 +2,32 @@
 and the map_batches step that loads, decodes and augments it on the cluster's CPUs.
 
 How an epoch reaches the preprocessing. A split's Dataset is a range of *block indices*,
-one per preprocessing task; block b covers the positions [bounds[b], bounds[b+1]), cut
-for the CPUs the pipeline may use (ingest/sizing.py). `preprocess` maps positions to units
-(a sample, or a Parquet row group) through a permutation seeded by (seed, epoch), and seeds
-each sample's augmentation by (seed, epoch, sample id). Ray Train re-executes the Dataset
-every epoch; with preserve_order the streaming split hands each worker the same positions
-every epoch (ingest/sharding.py builds the splits when a worker group starts). The epoch
-comes from `PipelineState`, a small actor the driver creates with the datasets: every
-worker sets it (`announce_epoch`) before it starts reading the epoch. Ray Data's split
-coordinator starts an epoch's execution only after all workers have asked for it, and the
-loop only moves on once all workers have finished the previous epoch (its end-of-epoch
-allreduce), so every task of epoch e sees e. Hence the order and augmentation of epoch e
-on rank r are a pure function of (seed, e, r) and the block layout, which depends on the
-world size and the cluster's CPUs only: resume and failure recovery on the same cluster
-replay them exactly, since the restarted workers announce the epoch they resume at.
+one per preprocessing task, cut for the CPUs the pipeline may use (ingest/sizing.py).
+Val: block b covers the unit positions [bounds[b], bounds[b+1]) of the rank's slice.
+Train: each rank has its own Dataset (`build_train_shard`), whose blocks cover whole
+optimizer steps of that rank's share of every global batch (ingest/order.py): step s of
+an epoch trains the epoch's sequence positions [s * G, (s + 1) * G), whatever the world
+size. `preprocess` maps positions to units (a sample, or rows of a Parquet row group)
+through a permutation seeded by (seed, epoch), and seeds each sample's augmentation by
+(seed, epoch, sample id). Ray Train re-executes each rank's Dataset every epoch. The
+epoch, and the first step of a resumed one, come from `PipelineState`, a small actor the
+driver creates with the datasets: every worker sets them (`announce_epoch`) before it
+starts reading the epoch; the loop only moves on once all workers have finished the
+previous epoch (its end-of-epoch allreduce), so every task of epoch e sees e. Hence the
+samples of step s of epoch e are a pure function of (seed, e, s, G): a run resumed at
+step s, with any world size, trains the rest of the epoch and nothing twice.
 
-Exactly once: every unit appears once per epoch across the streaming split. What is left
-out is documented in `steps_per_epoch` (trainers/batching.py): the split's remainder
-(< world rows) and each worker's last partial batch; with `shuffle` it is different
-samples each epoch. Validation leaves nothing out: each worker reads its own slice.
+Exactly once: every position below `steps * G` is trained once per epoch; what is left
+out is the last `num_rows % G` positions (different samples each epoch, with shuffle), or
+the steps past `trainer.max_steps_per_epoch`. Validation leaves nothing out: each worker
+reads its own slice.
 Undecodable samples are dropped here and recorded in `PipelineState` (`on_error=skip`), or
 raise naming the file (`on_error=raise`).
 """
 
 from __future__ import annotations
 
-import functools
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ import numpy as np
 import ray
 import torch
 
+from ingest.order import StepSlices, locate, unit_order
 from ingest.sizing import BlockSizing
 from ingest.transforms import (
     DecodeError,
@@ -122,14 +123,18 @@ class PipelineState:
     """The current epoch, for the preprocessing tasks, and the samples they skipped."""
 
     def __init__(self):
-        self._epoch = 0
+        self._epoch, self._first_step = 0, 0
         self._skipped: set[tuple[str, int]] = set()  # (split, sample id)
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
+    def set_epoch(self, epoch: int, first_step: int = 0) -> None:
+        self._epoch, self._first_step = epoch, first_step
 
     def epoch(self) -> int:
         return self._epoch
+
+    def position(self) -> tuple[int, int]:
+        """(epoch, first step): the next execution of the train split starts there."""
+        return self._epoch, self._first_step
 
     def record_skipped(self, split: str, entries: list[tuple[int, str, str]]) -> None:
         for sample_id, origin, reason in entries:
@@ -143,18 +148,11 @@ class PipelineState:
         return len(self._skipped)
 
 
-def announce_epoch(state, *, epoch: int) -> None:
-    """Worker side: make `epoch` the one the next execution of the train split preprocesses."""
+def announce_epoch(state, *, epoch: int, first_step: int = 0) -> None:
+    """Worker side: the next execution of the train split preprocesses `epoch` from its
+    optimizer step `first_step` on (a resume mid-epoch skips the steps already trained)."""
     if state is not None:
-        ray.get(state.set_epoch.remote(epoch))
-
-
-@functools.lru_cache(maxsize=4)
-def unit_order(*, num_units: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """Unit at each position for this epoch (cached: every task of an epoch needs it)."""
-    if not shuffle:
-        return np.arange(num_units)
-    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_units)
+        ray.get(state.set_epoch.remote(epoch, first_step))
 
 
 class _Chunk:
@@ -164,15 +162,19 @@ class _Chunk:
         self.images = np.empty((rows, spec.channels, spec.size, spec.size), np.uint8)
         self.labels = np.empty(rows, np.int64)
         self.ids = np.empty(rows, np.int64)
+        self.steps = np.empty(rows, np.int64)
         self.count = 0
 
     def full(self) -> bool:
         return self.count == len(self.ids)
 
-    def rows(self) -> dict:
+    def rows(self, *, with_step: bool) -> dict:
         # A fresh _Chunk follows each yield: Ray Data may keep these arrays as the block.
         n = self.count
-        return {"image": self.images[:n], "label": self.labels[:n], "id": self.ids[:n]}
+        rows = {"image": self.images[:n], "label": self.labels[:n], "id": self.ids[:n]}
+        if with_step:
+            rows["step"] = self.steps[:n]
+        return rows
 
 
 def block_positions(block_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -181,15 +183,47 @@ def block_positions(block_ids: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-def preprocess(batch: dict, *, recipe: SplitRecipe, bounds: np.ndarray) -> Iterator[dict]:
+def _load_positions(source, positions: np.ndarray, *, order: np.ndarray) -> Iterator[Sample]:
+    """The samples at sequence `positions` (ascending) of an epoch's unit `order`. A unit
+    of several rows (a Parquet row group) is read once per call and only its wanted rows
+    kept."""
+    unit_rows = getattr(source, "unit_rows", None)
+    units, rows = locate(positions, order=order, unit_rows=unit_rows)
+    if unit_rows is None:
+        yield from source.load(units)
+        return
+    # Consecutive positions share a unit: read each run of one unit once.
+    cuts = np.flatnonzero(np.diff(units)) + 1
+    for run_units, run_rows in zip(np.split(units, cuts), np.split(rows, cuts), strict=True):
+        samples = list(source.load(run_units[:1]))
+        yield from (samples[row] for row in run_rows)
+
+
+def preprocess(batch: dict, *, recipe: SplitRecipe, bounds: np.ndarray,
+               slices: StepSlices | None = None,
+               positions: np.ndarray | None = None) -> Iterator[dict]:
     """map_batches: block indices -> their positions' samples, preprocessed to uint8
-    images, in chunks of recipe.chunk_rows."""
+    images, in chunks of recipe.chunk_rows.
+
+    Val (no `slices`): block b is the unit positions [bounds[b], bounds[b+1]). Train (a
+    rank's `slices`): block b is `positions[bounds[b]:bounds[b+1]]`, the rank's sequence
+    positions of whole steps (ingest/order.py); steps before the announced first step are
+    skipped, and each row carries its step."""
     spec, state, split = recipe.spec, recipe.state, recipe.split
-    epoch = ray.get(state.epoch.remote()) if spec.train and state is not None else 0
+    epoch, first_step = (ray.get(state.position.remote()) if spec.train and state is not None
+                         else (0, 0))
     order = unit_order(num_units=recipe.source.num_units, seed=recipe.seed, epoch=epoch,
                        shuffle=recipe.shuffle and spec.train)
+    wanted = block_positions(batch["id"], bounds)
+    if slices is None:  # val: whole units (a Parquet row group holds many samples)
+        samples, steps = recipe.source.load(order[wanted]), itertools.repeat(0)
+    else:
+        wanted = positions[wanted]
+        steps = slices.step_of(wanted)
+        wanted, steps = wanted[steps >= first_step], steps[steps >= first_step]
+        samples = _load_positions(recipe.source, wanted, order=order)
     chunk, skipped = _Chunk(spec, recipe.chunk_rows), []
-    for sample in recipe.source.load(order[block_positions(batch["id"], bounds)]):
+    for sample, step in zip(samples, steps):  # noqa: B905 - steps may be endless (val)
         try:
             spec.write(sample, chunk.images[chunk.count], seed=recipe.seed, epoch=epoch)
         except DecodeError as error:
@@ -199,15 +233,16 @@ def preprocess(batch: dict, *, recipe: SplitRecipe, bounds: np.ndarray) -> Itera
             skipped.append((sample.sample_id, sample.origin, str(error)))
             continue
         chunk.labels[chunk.count], chunk.ids[chunk.count] = sample.label, sample.sample_id
+        chunk.steps[chunk.count] = step
         chunk.count += 1
         if chunk.full():
-            yield chunk.rows()
+            yield chunk.rows(with_step=slices is not None)
             chunk = _Chunk(spec, recipe.chunk_rows)
     if skipped and state is not None:
         # Blocking, so the count is complete by the time the rows are consumed.
         ray.get(state.record_skipped.remote(split, skipped))
     if chunk.count:
-        yield chunk.rows()
+        yield chunk.rows(with_step=slices is not None)
 
 
 @dataclass(frozen=True)
@@ -245,9 +280,26 @@ def build_split(recipe: SplitRecipe, *, cpus: int, units: tuple[int, int] | None
     """The Dataset of a split (or of its units [first, stop)): one row per block, each
     mapped by a preprocessing task to its positions' samples. `cpus`: those the pipeline
     may use, which size the blocks (ingest/sizing.py)."""
+    return _blocks_dataset(recipe, bounds=split_bounds(recipe, cpus=cpus, units=units),
+                           fn_kwargs={})
+
+
+def build_train_shard(recipe: SplitRecipe, *, cpus: int, slices: StepSlices, num_steps: int):
+    """Rank `slices.rank`'s train Dataset: its share of steps [0, num_steps) of every epoch
+    (ingest/order.py), in step order, in blocks of whole steps sized for `cpus`. Every
+    execution reads the epoch and first step the workers announced (`announce_epoch`)."""
+    step_bounds = recipe.sizing.bounds(num_rows=num_steps * slices.size,
+                                       num_units=max(1, num_steps), cpus=cpus)
+    if num_steps == 0:
+        step_bounds = np.zeros_like(step_bounds)
+    positions = slices.positions(first_step=0, stop_step=num_steps)
+    return _blocks_dataset(recipe, bounds=step_bounds * slices.size,
+                           fn_kwargs={"slices": slices, "positions": positions})
+
+
+def _blocks_dataset(recipe: SplitRecipe, *, bounds: np.ndarray, fn_kwargs: dict):
     import ray.data
 
-    bounds = split_bounds(recipe, cpus=cpus, units=units)
     blocks = len(bounds) - 1
     # One row per read block lets Ray Data fuse the range with the map: a task per block.
     indices = ray.data.range(blocks, override_num_blocks=blocks,
@@ -255,7 +307,7 @@ def build_split(recipe: SplitRecipe, *, cpus: int, units: tuple[int, int] | None
     dataset = indices.map_batches(
         preprocess, batch_size=None, num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=recipe.preprocess_cpus),
-        fn_kwargs={"recipe": recipe, "bounds": bounds})
+        fn_kwargs={"recipe": recipe, "bounds": bounds, **fn_kwargs})
     # Ray Data reserves a share of the CPU budget per operator; with our one fused operator
     # on a small node that held it to one task at a time (2 CPUs, 4 blocks: 2374 -> 2923
     # img/s without it; BENCHMARKS.md). A single operator has nothing to protect it from.

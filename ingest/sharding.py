@@ -5,11 +5,13 @@ Ray Train calls `configure` for each split when a worker group starts (again aft
 restart or resize), with the group's world size. The Datasets given to the trainer are the
 templates; the recipes they were built from (DatasetInfo.recipes) are rebuilt here:
 
-- train: blocks sized for the CPUs the workers leave (the cluster's CPUs minus world size
-  x trainer.cpus_per_worker, or data.preprocess_cpus; ingest/sizing.py), so the tasks per
-  epoch grow with the cluster and follow an elastic resize. Then Ray's equal streaming
-  split: equal rows per worker (the < world rows left over are dropped), and with
-  preserve_order the same rows every epoch.
+- train: one Dataset per rank over its share of every optimizer step (ingest/order.py:
+  step s trains positions [s * G, (s + 1) * G) of the epoch's sequence, whatever the world
+  size, so a resume mid-epoch at any world size trains each remaining sample once), in
+  blocks of whole steps sized for 1/world of the CPUs the workers leave (the cluster's
+  CPUs minus world size x trainer.cpus_per_worker, or data.preprocess_cpus;
+  ingest/sizing.py), so the tasks per epoch grow with the cluster and follow a resize.
+  Generated data (synthetic, no recipe): Ray's equal streaming split.
 - val: one Dataset per rank over its contiguous slice of the val units,
   [r * n // w, (r + 1) * n // w). Every val sample is decoded and evaluated once per
   evaluation, by a rank fixed by (n, w), and the shares differ by at most one unit (a
@@ -23,10 +25,9 @@ templates; the recipes they were built from (DatasetInfo.recipes) are rebuilt he
 - Without recipes (synthetic data): val through streaming_split(equal=False), still once
   per sample, and deterministic with preserve_order.
 
-Determinism: the block layout, and so which rows a worker trains on, is a function of the
-world size and the CPU count: the same on the same cluster (resume, failure recovery), and
-pinned anywhere by data.preprocess_cpus. Concurrent trials (tune) each count the spare
-CPUs as their own.
+Determinism: which samples each step trains is a function of (seed, epoch, step, global
+batch) only; the block layout (a function of the world size and the CPU count) decides
+only which task preprocesses them.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import copy
 
 from ray.train import DataConfig
 
-from ingest.pipeline import build_split
+from ingest.order import StepSlices, epoch_steps
+from ingest.pipeline import build_split, build_train_shard
 from ingest.sizing import rank_slices
 
 
@@ -52,7 +54,8 @@ class IngestDataConfig(DataConfig):
     """Train split equally and sized for the spare CPUs; val read once, a slice per rank."""
 
     def __init__(self, *, recipes: dict | None, cpus_per_worker: float,
-                 preprocess_cpus: int | None, execution_options=None):
+                 preprocess_cpus: int | None, global_batch_size: int,
+                 max_steps: int | None = None, execution_options=None):
         from ray.data import ExecutionOptions
 
         # preserve_order: the split, and so each worker's data, is deterministic.
@@ -61,6 +64,7 @@ class IngestDataConfig(DataConfig):
         self._recipes = dict(recipes or {})
         self._cpus_per_worker = cpus_per_worker
         self._preprocess_cpus = preprocess_cpus
+        self._global_batch_size, self._max_steps = global_batch_size, max_steps
 
     def spare_cpus(self, world_size: int) -> int:
         import ray
@@ -76,15 +80,31 @@ class IngestDataConfig(DataConfig):
         for name, dataset in datasets.items():
             if name == "val":
                 shards = self.val_shards(dataset, world_size=world_size, cpus=cpus)
-            else:
-                if name in self._recipes:
-                    dataset = build_split(self._recipes[name], cpus=cpus)
+            elif name in self._recipes:
+                shards = self.train_shards(self._recipes[name], world_size=world_size,
+                                           cpus=cpus)
+            else:  # generated data (synthetic): Ray's equal streaming split
                 split = super().configure({name: dataset}, world_size, worker_handles,
                                           worker_node_ids, **kwargs)
                 shards = [per_rank[name] for per_rank in split]
             for rank, shard in enumerate(shards):
                 output[rank][name] = shard
         return output
+
+    def train_shards(self, recipe, *, world_size: int, cpus: int) -> list:
+        """One iterator per rank over its share of every step (ingest/order.py)."""
+        num_steps = epoch_steps(num_rows=recipe.num_rows, global_batch_size=self._global_batch_size,
+                                max_steps=self._max_steps)
+        shards = []
+        for rank in range(world_size):
+            slices = StepSlices(global_batch_size=self._global_batch_size,
+                                world_size=world_size, rank=rank)
+            shard = build_train_shard(recipe, cpus=max(1, cpus // world_size), slices=slices,
+                                      num_steps=num_steps)
+            shard.set_name(f"train_rank{rank}")
+            shard.context.execution_options = copy.deepcopy(self._options)
+            shards.append(shard.iterator())
+        return shards
 
     def val_shards(self, dataset, *, world_size: int, cpus: int) -> list:
         """One iterator per rank, together reading every val sample once."""

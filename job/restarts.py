@@ -43,6 +43,7 @@ class RestartLog(ControllerCallback, ReportCallback):
         self._reason, self._detail = "start", ""
         self._size = None  # workers of the group being scheduled
         self._resume_step = self._resume_checkpoint = None
+        self._resume_position: dict = {}
 
     def after_controller_start(self, train_run_context) -> None:
         # One fit() per file: a rerun of the same run directory starts a fresh history.
@@ -51,14 +52,26 @@ class RestartLog(ControllerCallback, ReportCallback):
 
     def after_report(self, training_report, metrics) -> None:
         if training_report.checkpoint is not None:
-            self._resume_step = metrics[0].get("global_step")
+            first = metrics[0]
+            self._resume_step = first.get("global_step")
             self._resume_checkpoint = Path(training_report.checkpoint.path).name
+            # Where in the data the resume continues: epoch (1-based) and global sample
+            # position inside it (0 at an epoch end; ingest/order.py).
+            mid_epoch = "sample_position" in first
+            self._resume_position = {
+                "resume_epoch": first["resume_epoch"] + 1 if mid_epoch else first.get("epoch", 0) + 1,
+                "resume_sample_position": first["sample_position"] if mid_epoch else 0}
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         state = type(current_state).__name__
         if state in ("RestartingState", "ReschedulingState"):
-            self._reason = "failure"
-            self._detail = _failure_text(current_state.training_failed_error)
+            error = current_state.training_failed_error
+            # A preemption's deadline passing ends in a PreemptionError: a preemption
+            # (its own retry budget, FailureConfig.max_preemption_failures), not a failure.
+            preempted = type(error).__name__ == "PreemptionError"
+            self._reason = "preemption" if preempted else "failure"
+            self._detail = ("a node of the group was preempted" if preempted
+                            else _failure_text(error))
         elif state == "ResizingState":
             self._reason = "resize"
             self._detail = "the cluster's free resources changed"
@@ -72,11 +85,13 @@ class RestartLog(ControllerCallback, ReportCallback):
     def _record_start(self) -> None:
         event = {"time": time.time(), "reason": self._reason, "detail": self._detail,
                  "num_workers": self._size, "resume_step": self._resume_step,
-                 "resume_checkpoint": self._resume_checkpoint}
+                 "resume_checkpoint": self._resume_checkpoint, **self._resume_position}
         with self.path.open("a") as handle:
             handle.write(json.dumps(event) + "\n")
         if self._reason != "start":
-            where = (f"global step {self._resume_step} ({self._resume_checkpoint})"
+            position = self._resume_position
+            where = (f"global step {self._resume_step} ({self._resume_checkpoint}: epoch "
+                     f"{position['resume_epoch']}, sample {position['resume_sample_position']})"
                      if self._resume_checkpoint else "the beginning (no checkpoint yet)")
             print(f"[raylars] restart ({self._reason}: {self._detail}): {self._size} workers, "
                   f"resuming from {where}", flush=True)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from job.config import Config, to_plain_dict
+from job.curves import CURVES_FILE, write_curves
 from job.restarts import RestartLog, read_restarts
 from job.session import cluster_cpus, ray_session
 
@@ -27,7 +28,29 @@ def preprocess_in_workers(config: Config) -> bool:
         training_cpus=trainer.max_world_size * trainer.cpus_per_worker)
 
 
-def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callbacks=None):
+def pipeline_group_size(config: Config, *, in_workers: bool):
+    """The worker bounds, cut so that the group leaves the Ray Data tasks their CPUs
+    (job/headroom.py); printed when they differ from the config's."""
+    import ray
+
+    from job.headroom import group_size, pipeline_cpus
+
+    trainer = config.trainer
+    group = group_size(
+        min_workers=trainer.min_world_size, max_workers=trainer.max_world_size,
+        cpus_per_worker=trainer.cpus_per_worker,
+        cluster_cpus=ray.cluster_resources().get("CPU", 0.0),
+        needs_cpus=0 if in_workers else pipeline_cpus(config.data.preprocess_cpus))
+    if group.note:
+        print(f"[raylars] {group.note}", flush=True)
+    return group
+
+
+def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callbacks=None,
+                  loop=None, loop_extra: dict | None = None):
+    """The run's TorchTrainer; `loop` (default: job.loop.train_loop_per_worker) and
+    `loop_extra` (more train_loop_config entries) let another job, e.g. job/evaluate.py,
+    run on the same workers and pipeline."""
     from ray.data import DataContext
     from ray.train import (
         CheckpointConfig,
@@ -36,10 +59,11 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
         RunConfig,
         ScalingConfig,
     )
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from ingest import trainer_data_config
     from job.loop import train_loop_per_worker
+    from job.torch_store import StoreOnMasterAddrConfig
 
     DataContext.get_current().enable_progress_bars = False
     trainer = config.trainer
@@ -47,31 +71,38 @@ def build_trainer(config: Config, *, datasets: dict, info, run_dir: Path, callba
     # No Datasets: the workers preprocess the in-memory set themselves (ingest/memory.py).
     in_workers = not datasets
     assert not in_workers or info.in_memory is not None, "no data for the workers"
+    group = pipeline_group_size(config, in_workers=in_workers)
     return TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config={"config": config, "info": info, "run_dir": str(run_dir),
-                           "preprocess_in_workers": in_workers},
+                           "preprocess_in_workers": in_workers, **(loop_extra or {})},
         # An elastic range: Ray restarts the group from the last checkpoint at a new size
         # when workers fail or nodes join; the loop keeps the global batch and schedule.
         scaling_config=ScalingConfig(
-            num_workers=trainer.worker_range, use_gpu=trainer.use_gpu,
+            num_workers=group.scaling, use_gpu=trainer.use_gpu,
             resources_per_worker=resources,
             elastic_resize_monitor_interval_s=trainer.resize_interval_s),
         run_config=RunConfig(
             name=config.run.name, storage_path=str(run_dir.parent),
-            failure_config=FailureConfig(max_failures=trainer.max_failures),
+            # Preemptions (a node's drain notice) restart the group without using up
+            # max_failures, which is left for real failures.
+            failure_config=FailureConfig(max_failures=trainer.max_failures,
+                                         max_preemption_failures=trainer.max_preemptions),
             checkpoint_config=CheckpointConfig(num_to_keep=trainer.num_checkpoints_to_keep),
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=[*(callbacks or []), RestartLog(run_dir=str(run_dir))],
         ),
-        torch_config=TorchConfig(backend=config.comms.backend) if config.comms.backend else None,
+        # The rendezvous store listens on the master address, not every interface.
+        torch_config=StoreOnMasterAddrConfig(backend=config.comms.backend),
         # Empty when the workers preprocess in-memory data themselves.
         datasets=datasets,
-        # Train in equal streaming shards, its blocks sized for the CPUs the workers leave;
-        # val read once, a slice per rank (no sample dropped or read twice); with
-        # preserve_order, so each worker's data is deterministic (ingest/sharding.py).
+        # Train as each rank's share of every global batch (a resume mid-epoch, at any
+        # world size, trains each remaining sample once; ingest/order.py), its blocks sized
+        # for the CPUs the workers leave; val read once, a slice per rank.
         dataset_config=trainer_data_config(info, config=config.data,
-                                           cpus_per_worker=trainer.cpus_per_worker),
+                                           cpus_per_worker=trainer.cpus_per_worker,
+                                           global_batch_size=trainer.global_batch_size,
+                                           max_steps=trainer.max_steps_per_epoch),
     )
 
 
@@ -93,6 +124,8 @@ def run_training(config: Config) -> dict:
                                run_dir=output_dir / config.run.name)
     summary["startup_s"] = startup_breakdown(stamps, (result.metrics or {}).get("startup", {}))
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_curves(summary, config=config, num_train=info.num_train, num_classes=info.num_classes,
+                 path=output_dir / CURVES_FILE)
     return summary
 
 
@@ -134,8 +167,13 @@ def make_summary(config: Config, *, result, seconds: float, run_dir: Path) -> di
         # Where the preprocessing ran: "tasks" (Ray Data) or "workers" (data.preprocess_on).
         "data_feed": metrics.get("data_feed"),
         "resumed_from_steps": metrics.get("resumed_from_steps", []),
+        # Each resume: global step, epoch, step and sample position in it, world size,
+        # and the work lost (steps and samples redone; null where unknown).
+        "resumes": metrics.get("resumes", []),
         "wall_seconds": round(seconds, 2),
         "history": metrics.get("history", []),
+        # The step lines' records: step, epoch, loss, lr, images_per_sec (trainers/progress.py).
+        "step_log": metrics.get("step_log", []),
         "summary_path": str(Path(config.run.output_dir) / SUMMARY_FILE),
         "config": to_plain_dict(config),
     }

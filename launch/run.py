@@ -7,10 +7,13 @@ run's output directory and prints its path as the last line.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from job.cli import run_command
+from job.cli import check_group_options, rerun_command, run_command
 from job.config import Config, register_configs, validate
 
 register_configs()
@@ -32,10 +35,23 @@ def train(config: Config) -> None:
     print(summary["summary_path"])
 
 
+def resume_hint(config: Config) -> str:
+    """How to go on from the last checkpoint this run registered."""
+    run_dir = Path(config.run.output_dir) / config.run.name
+    checkpoints = sorted((path for path in run_dir.glob("checkpoint_*")
+                          if (path / "state.pt").is_file()), key=lambda path: path.stat().st_mtime)
+    if not checkpoints:
+        return "No checkpoint was written yet; rerun the same command to start over."
+    command = rerun_command("launch/run.py", drop=("trainer.resume_from", "run.output_dir"),
+                            add=[f"trainer.resume_from={checkpoints[-1]}"])
+    return f"Resume from its last checkpoint with: {command}"
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run_command(cfg, validate=validate, work=train)
+    run_command(cfg, validate=validate, work=train, resume_hint=resume_hint)
 
 
 if __name__ == "__main__":
+    check_group_options(sys.argv[1:])
     main()

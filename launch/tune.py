@@ -17,7 +17,7 @@ sys.path.pop(0)
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from job.cli import run_command  # noqa: E402
+from job.cli import check_group_options, rerun_command, run_command  # noqa: E402
 from job.config import register_configs  # noqa: E402
 from tune.config import SweepConfig, validate_sweep  # noqa: E402
 
@@ -36,10 +36,18 @@ def sweep(config: SweepConfig) -> None:
     print(summary["summary_path"])
 
 
+def resume_hint(config: SweepConfig) -> str:
+    command = rerun_command("launch/tune.py", drop=("run.output_dir",),
+                            add=[f"run.output_dir={config.run.output_dir}"])
+    return (f"Rerun with the same run.output_dir to restore the finished and interrupted "
+            f"stages: {command}")
+
+
 @hydra.main(config_path="../conf", config_name="sweep", version_base=None)
 def main(cfg: DictConfig) -> None:
-    run_command(cfg, validate=validate_sweep, work=sweep)
+    run_command(cfg, validate=validate_sweep, work=sweep, resume_hint=resume_hint)
 
 
 if __name__ == "__main__":
+    check_group_options(sys.argv[1:])
     main()

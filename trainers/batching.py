@@ -17,14 +17,15 @@ per rank, as in any data-parallel run.)
 
 from __future__ import annotations
 
+from ingest.order import epoch_steps, split_sizes
+
 
 def rank_batch_sizes(*, global_batch_size: int, world_size: int) -> list[int]:
     """Per-rank batch sizes summing to the global batch; the first ranks take one more."""
     if world_size < 1 or global_batch_size < world_size:
         raise ValueError(f"global batch {global_batch_size} cannot be split over "
                          f"{world_size} workers (at least one sample each)")
-    base, extra = divmod(global_batch_size, world_size)
-    return [base + 1 if rank < extra else base for rank in range(world_size)]
+    return split_sizes(global_batch_size, world_size)
 
 
 def loss_weight(*, global_batch_size: int, world_size: int, rank: int) -> float:
@@ -45,10 +46,10 @@ def steps_per_epoch(*, num_train: int, world_size: int, global_batch_size: int,
 
 def nominal_steps_per_epoch(*, num_train: int, global_batch_size: int,
                             max_steps: int | None) -> int:
-    """Steps per epoch of the LR schedule, independent of the world size: one epoch of
-    samples in global batches. Where the world size divides the global batch, an epoch
-    has exactly these steps; where it does not, the largest rank batch is rounded up and
-    an epoch runs up to global_batch / (global_batch + world) of them: the run then ends
-    slightly earlier on the same curve rather than on a stretched one."""
-    steps = num_train // global_batch_size
-    return min(steps, max_steps) if max_steps else steps
+    """Steps per epoch, independent of the world size: one epoch of samples in global
+    batches. The step-aligned feeds (ingest/order.py: the pipeline's formats and the
+    in-memory sets) run exactly these; the LR schedule follows them too. (Synthetic data,
+    split by Ray, runs `steps_per_epoch`, up to global_batch / (global_batch + world) of
+    them where the world size does not divide the global batch.)"""
+    return epoch_steps(num_rows=num_train, global_batch_size=global_batch_size,
+                       max_steps=max_steps)

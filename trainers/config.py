@@ -35,6 +35,10 @@ class TrainerConfig:
     max_workers: int | None = None
     # How often a healthy elastic group checks whether more workers could run (seconds).
     resize_interval_s: float = 60.0
+    # How long the run waits at start for a joined cluster (`ray.address`) to hold its
+    # workers (min_workers when elastic) before it fails, naming what is missing; an
+    # autoscaler may add nodes meanwhile. The embedded cluster never grows: no wait.
+    start_timeout_s: float = 120.0
     epochs: int = 15
     global_batch_size: int = 64
     # Gradient accumulation: each worker runs its share of the global batch in passes of
@@ -51,9 +55,22 @@ class TrainerConfig:
     # throughput runs on large data.
     max_steps_per_epoch: int | None = None
     checkpoint_every_epochs: int = 1
+    # Also a checkpoint every this many optimizer steps, mid-epoch included (null: at
+    # epoch ends only); a resume continues at that step, each sample of the epoch once.
+    checkpoint_every_steps: int | None = None
+    # Every this many steps all ranks ask Ray Train for a node preemption notice
+    # (ray.train.get_preemption_info, a barrier); on one, a checkpoint at once (0: never).
+    preemption_check_steps: int = 10
     num_checkpoints_to_keep: int = 2
     # Ray Train FailureConfig.max_failures: worker-group restarts from the last checkpoint.
     max_failures: int = 0
+    # FailureConfig.max_preemption_failures: restarts after a node's preemption notice,
+    # counted apart from max_failures (-1: unlimited, 0: a preemption fails the run).
+    max_preemptions: int = -1
+    # How a checkpoint reaches the run directory: `async` (Ray copies it in a background
+    # thread while training goes on; it is registered, and so restorable, only once
+    # whole) or `sync` (the step waits for the copy).
+    checkpoint_upload: str = "async"
     # Start from this checkpoint directory (a `checkpoint_*` folder of an earlier run).
     resume_from: str | None = None
     # torch intra-op threads per worker (null: cpus_per_worker, at least 1).
@@ -64,22 +81,36 @@ class TrainerConfig:
     # torch.compile the model in place (state_dict unchanged); the first steps pay the
     # compilation, and a compiled backward hands over its gradients at its end.
     compile: bool = False
+    # A progress line (and TensorBoard scalars) every this many optimizer steps (null:
+    # five per epoch, max(1, steps_per_epoch // 5); 0: epoch lines only).
+    log_every_steps: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("num_workers", "epochs", "global_batch_size", "eval_batch_size",
                     "checkpoint_every_epochs", "num_checkpoints_to_keep"):
             value = getattr(self, key)
             require(value >= 1, f"trainer.{key} must be >= 1, got {value}")
-        for key in ("max_steps_per_epoch", "torch_threads", "micro_batch_size"):
+        require(self.preemption_check_steps >= 0,
+                f"trainer.preemption_check_steps must be >= 0, got {self.preemption_check_steps}")
+        for key in ("max_steps_per_epoch", "torch_threads", "micro_batch_size",
+                    "checkpoint_every_steps"):
             value = getattr(self, key)
             require(value is None or value >= 1, f"trainer.{key} must be >= 1 or null, got {value}")
+        require(self.log_every_steps is None or self.log_every_steps >= 0,
+                f"trainer.log_every_steps must be >= 0 or null, got {self.log_every_steps}")
         self._check_elastic()
         require(self.global_batch_size >= self.max_world_size,
                 f"trainer.global_batch_size ({self.global_batch_size}) must give each of "
                 f"{self.max_world_size} workers at least one sample")
+        require(self.start_timeout_s >= 0,
+                f"trainer.start_timeout_s must be >= 0, got {self.start_timeout_s}")
         require(self.cpus_per_worker > 0,
                 f"trainer.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         require(self.max_failures >= -1, f"trainer.max_failures must be >= -1, got {self.max_failures}")
+        require(self.max_preemptions >= -1,
+                f"trainer.max_preemptions must be >= -1, got {self.max_preemptions}")
+        require(self.checkpoint_upload in ("async", "sync"),
+                f"trainer.checkpoint_upload: unknown {self.checkpoint_upload!r}; known: async, sync")
         for name, amount in self.worker_resources.items():
             require(amount > 0, f"trainer.worker_resources.{name} must be > 0, got {amount}")
             require(name not in ("CPU", "GPU"),
@@ -163,6 +194,7 @@ def check_training(config: TrainingConfig) -> None:
     """The rules across sections: the chosen options' schemas, warmup inside the run, a
     full step per epoch at every world size, and a resumable checkpoint."""
     from ingest import dataset_sizes
+    from trainers.models import check_input_size
 
     for section, registry in OPTION_SECTIONS:
         value = getattr(config, section)
@@ -173,6 +205,8 @@ def check_training(config: TrainingConfig) -> None:
     trainer, optim = config.trainer, config.optim
     require(optim.warmup_epochs < trainer.epochs,
             f"optim.warmup_epochs ({optim.warmup_epochs}) must be < trainer.epochs ({trainer.epochs})")
+    # The architecture must accept the data's image size (e.g. ViT patches, AlexNet pools).
+    check_input_size(name=config.model.name, image_size=config.data.image_size)
     num_train, _ = dataset_sizes(config.data)
     for world_size in range(trainer.min_world_size, trainer.max_world_size + 1):
         require(

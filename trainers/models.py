@@ -5,6 +5,13 @@ ResNet) and the weight-initialisation rules of Jia et al. 2018 ("ImageNet in fou
 He init for convolutions, the last BatchNorm gamma of each residual block set to zero, and a
 final classifier drawn from N(0, 0.01) with zero bias. It does not own optimisers, mixed
 precision or data: trainers call :func:`build_model` and get a plain fp32 ``nn.Module``.
+
+Every other torchvision classification architecture (`resnet18`, `efficientnet_b0`,
+`convnext_tiny`, `vit_b_16`, ...) is registered under its torchvision name, built without
+weights (nothing is ever downloaded), with the data's classes and input channels; the
+ResNet family (ResNet, ResNeXt, Wide ResNet) gets the paper's initialisation above, the
+others keep torchvision's own. :func:`check_input_size` tells before any run whether an
+architecture accepts the data's image size.
 """
 
 from __future__ import annotations
@@ -26,11 +33,19 @@ MODELS = Registry("model", key="model.name")
 FINAL_FC_STD = 0.01
 
 
-def build_model(*, name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build and initialise the network ``name`` with a ``num_classes``-way classifier."""
+def build_model(*, name: str, num_classes: int, in_channels: int = 3,
+                image_size: int | None = None) -> nn.Module:
+    """Build and initialise the network ``name`` with a ``num_classes``-way classifier.
+
+    ``image_size``: the side of the inputs, for the architectures whose layers depend on it
+    (torchvision's ViT and MaxViT); the others ignore it (None: their default, 224).
+    """
     builder = MODELS.get(name).builder
-    return builder(num_classes=_checked_int(num_classes, "num_classes", minimum=2),
-                   in_channels=_checked_int(in_channels, "in_channels", minimum=1))
+    sizes = {"num_classes": _checked_int(num_classes, "num_classes", minimum=2),
+             "in_channels": _checked_int(in_channels, "in_channels", minimum=1)}
+    if image_size is not None and name in SIZED_MODELS:
+        sizes["image_size"] = _checked_int(image_size, "image_size", minimum=1)
+    return builder(**sizes)
 
 
 def _checked_int(value: object, what: str, *, minimum: int) -> int:
@@ -186,4 +201,78 @@ MODELS.register("small_resnet", builder=SmallResNet)
 MODELS.register("resnet50", builder=resnet50)
 MODELS.register("alexnet_bn", builder=lambda **sizes: AlexNet(batch_norm=True, **sizes))
 MODELS.register("alexnet", builder=lambda **sizes: AlexNet(batch_norm=False, **sizes))
+# Our own four, in this order (tools that list "the" models, e.g. launch/plan.py).
+OWN_MODEL_NAMES = MODELS.names
+
+
+# ---- any torchvision classification architecture ------------------------------------------
+
+# Builders whose layers depend on the input side, and the keyword that sets it.
+SIZED_MODELS = {name: "image_size" for name in torchvision.models.list_models(
+    module=torchvision.models, include="vit_*")} | {"maxvit_t": "input_size"}
+# Architectures with auxiliary training heads: off, so the forward returns the logits alone.
+_NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True},
+           "inception_v3": {"aux_logits": False, "init_weights": True}}
+
+
+def torchvision_model(name: str, *, num_classes: int, in_channels: int = 3,
+                      image_size: int | None = None) -> nn.Module:
+    """torchvision's ``name`` (no weights) with a ``num_classes`` head and, for inputs that
+    are not RGB, a first convolution taking ``in_channels``."""
+    kwargs = {"weights": None, "num_classes": num_classes, **_NO_AUX.get(name, {})}
+    if image_size is not None and name in SIZED_MODELS:
+        key = SIZED_MODELS[name]
+        kwargs[key] = image_size if key == "image_size" else (image_size, image_size)
+    model = torchvision.models.get_model_builder(name)(**kwargs)
+    if in_channels != 3:
+        _adapt_input_channels(model, in_channels=in_channels)
+    if isinstance(model, torchvision.models.ResNet):
+        init_weights(model)  # He init, zero residual gammas, N(0, 0.01) classifier
+    return model
+
+
+def _adapt_input_channels(model: nn.Module, *, in_channels: int) -> None:
+    """Replace the first RGB convolution with one reading ``in_channels``. Its weights are
+    the RGB weights summed over colour (tiled for more channels, scaled to keep the sum),
+    so a grey image gives the output that image repeated as RGB would (timm does the same)."""
+    name, conv = next(((name, module) for name, module in model.named_modules()
+                       if isinstance(module, nn.Conv2d) and module.in_channels == 3), (None, None))
+    if conv is None:
+        raise ValueError(f"model.name: cannot find the RGB input convolution of "
+                         f"{type(model).__name__} to give it {in_channels} input channels")
+    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        summed = conv.weight.sum(dim=1, keepdim=True)
+        new.weight.copy_(summed.repeat(1, in_channels, 1, 1) / in_channels)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    parent_name, _, attribute = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attribute, new)
+
+
+def check_input_size(*, name: str, image_size: int) -> None:
+    """ValueError unless ``name`` turns (image_size x image_size) inputs into logits: a
+    forward on the meta device (no memory, no compute), before any run starts."""
+    MODELS.get(name)
+    try:
+        with torch.device("meta"):
+            model = build_model(name=name, num_classes=10, image_size=image_size).eval()
+            with torch.no_grad():
+                logits = model(torch.empty(1, 3, image_size, image_size))
+    except NotImplementedError:
+        return  # an operator without a meta kernel: nothing learnt, the run will tell
+    except (RuntimeError, AssertionError, ValueError) as error:
+        raise ValueError(
+            f"model.name={name} cannot take {image_size}x{image_size} images "
+            f"(data.image_size): {str(error).splitlines()[0] if str(error) else type(error).__name__}; "
+            "choose a larger data.image_size or another model") from None
+    if tuple(logits.shape) != (1, 10):
+        raise ValueError(f"model.name={name} gives outputs of shape {tuple(logits.shape)} for "
+                         f"{image_size}x{image_size} images, not (batch, classes)")
+
+
+for _name in torchvision.models.list_models(module=torchvision.models):
+    if _name not in MODELS:  # our resnet50 and alexnet keep their own builders
+        MODELS.register(_name, builder=lambda _n=_name, **sizes: torchvision_model(_n, **sizes))
 MODEL_NAMES = MODELS.names

@@ -20,12 +20,12 @@ class TuneConfig:
     lr_min: float = 0.3
     lr_max: float = 30.0
     # Stage 1: this many LRs per decade (2: half-decades), crossed with every warmup.
-    coarse_points_per_decade: float = 2.0
-    warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0])
+    coarse_points_per_decade: float = 1.0
+    warmup_epochs: list[float] = field(default_factory=lambda: [0.0, 2.0])
     # Every LR is on the lattice lr_min * fine_factor**k (the exhaustive grid); stage 2 is
     # fine_points (odd) consecutive lattice points centred on the best coarse LR.
     fine_factor: float = 1.4142135623730951  # 2 ** 0.5
-    fine_points: int = 5
+    fine_points: int = 3
     # grid: every fine LR x every neighbouring warmup; cross: the fine LRs at the best
     # warmup, then the neighbouring warmups at the best LR (tune/sweep.py).
     fine_shape: str = "cross"

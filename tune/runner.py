@@ -19,6 +19,7 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from tune.config import SweepConfig
+from tune.progress import SweepClock
 
 METRIC = "val_top1"
 
@@ -55,6 +56,9 @@ def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict],
     config.optim.warmup_epochs = float(params["trial"]["warmup_epochs"])
     config.trainer.resume_from = starts[point_key(params["trial"])]["resume_from"]
     config.run.name = "train"
+    if config.trainer.log_every_steps is None:
+        # Trials run side by side: their epoch lines and the sweep's trial lines suffice.
+        config.trainer.log_every_steps = 0
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     datasets, info = build_datasets(config.data, seed=config.trainer.seed,
                                     in_workers=in_workers)
@@ -100,8 +104,10 @@ def trials_that_fit(cluster: dict[str, float], **trial) -> int:
     return max(1, min(fits))
 
 
-def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path) -> list[dict]:
-    """Run (or restore) one stage; return one record per trial."""
+def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path,
+              clock: SweepClock | None = None) -> list[dict]:
+    """Run (or restore) one stage; return one record per trial. `clock` counts the
+    finished trials and says the time left on each trial's line."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -133,7 +139,7 @@ def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path) -> list[di
             run_config=tune.RunConfig(
                 name=plan.name, storage_path=str(storage), verbose=0,
                 callbacks=[TrialProgress(stage=plan.name, epochs=config.trainer.epochs,
-                                         starts=starts)],
+                                         starts=starts, clock=clock)],
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False)),
         )
     results = tuner.fit()
@@ -181,10 +187,12 @@ def _progress_line(*, stage: str, params: dict, value, epoch: int, epochs: int,
 
 
 class TrialProgress(Callback):
-    """One line per finished trial: stage, lr, warmup, val_top1, epochs, early stop."""
+    """One line per finished trial: stage, lr, warmup, val_top1, epochs, early stop, and
+    (with a clock) the sweep's trials done and time left."""
 
-    def __init__(self, *, stage: str, epochs: int, starts: dict[str, dict]):
-        self.stage, self.epochs, self.starts = stage, epochs, starts
+    def __init__(self, *, stage: str, epochs: int, starts: dict[str, dict],
+                 clock: SweepClock | None = None):
+        self.stage, self.epochs, self.starts, self.clock = stage, epochs, starts, clock
 
     def _line(self, trial, status: str) -> None:
         params = trial.config["trial"]
@@ -192,6 +200,10 @@ class TrialProgress(Callback):
         start_epoch = self.starts[point_key(params)]["start_epoch"]
         if start_epoch:
             status += f", continued from epoch {start_epoch}"
+        if self.clock is not None:
+            self.clock.trial_done(stage=self.stage,
+                                  epochs=max(0, result.get("epoch", start_epoch) - start_epoch))
+            status += f"; {self.clock.status()}"
         print(_progress_line(stage=self.stage, params=params, value=result.get(METRIC),
                              epoch=result.get("epoch", start_epoch), epochs=self.epochs,
                              status=status), flush=True)

@@ -65,6 +65,8 @@ LEVELS = {
     "trainers.config": 1,
     "trainers.faults": 1,
     "trainers.speed": 1,
+    "trainers.progress": 1,
+    "trainers.resume": 1,
     "trainers.worker": 2,
     "job": 3,
     "tune": 4,

@@ -1,4 +1,4 @@
-"""Worker-side preprocessing of an in-memory set (ingest/memory.py): the shards and val
+"""Worker-side preprocessing of an in-memory set (ingest/memory.py): the step shares and val
 slices of every rank cover each sample exactly once, deterministically per (seed, epoch),
 with the pipeline's own transforms; and the auto rule picks workers only when the cluster
 has no CPU to spare for tasks."""
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ingest.memory import MemoryFeed, MemorySplits, use_worker_preprocessing
-from ingest.pipeline import ArraySource, TransformSpec, unit_order
+from ingest.order import StepSlices, unit_order
+from ingest.pipeline import ArraySource, TransformSpec
 
 
 def spec(train: bool) -> TransformSpec:
@@ -30,29 +31,40 @@ def splits(num_train=23, num_val=10, shuffle=True) -> MemorySplits:
 def feeds(data: MemorySplits, world_size: int) -> list[MemoryFeed]:
     info = SimpleNamespace(num_classes=10, in_channels=1, num_train=data.train.num_units,
                            mean=(0.5,), std=(0.25,))
-    return [MemoryFeed(data, info, rank=r, world_size=world_size, device=torch.device("cpu"),
-                       local_seed=lambda epoch, r=r: 100 * epoch + r) for r in range(world_size)]
+    return [MemoryFeed(data, info, rank=r, world_size=world_size, device=torch.device("cpu"))
+            for r in range(world_size)]
+
+
+def train_ids(feed: MemoryFeed, *, epoch: int, global_batch: int, first_step: int = 0,
+              num_steps: int | None = None) -> list[int]:
+    slices = StepSlices(global_batch_size=global_batch, world_size=feed.world_size,
+                        rank=feed.rank)
+    steps = feed.num_train // global_batch if num_steps is None else num_steps
+    return ids_of(feed.train_batches(epoch=epoch, slices=slices, first_step=first_step,
+                                     num_steps=steps))
 
 
 def ids_of(batches) -> list[int]:
     return [int(i) for batch in batches for i in batch["id"]]
 
 
-def test_train_shards_cover_the_epoch_permutation_once_per_rank_set():
+def test_each_step_trains_its_slice_of_the_epoch_permutation_whatever_the_world_size():
     data = splits()
-    ranks = feeds(data, world_size=3)
     for epoch in (0, 1):
-        seen = [ids_of(feed.train_batches(epoch=epoch, batch_size=2)) for feed in ranks]
-        flat = [i for ids in seen for i in ids]
-        assert len(flat) == len(set(flat))  # nothing twice
-        shard = 23 // 3
         order = unit_order(num_units=23, seed=3, epoch=epoch, shuffle=True)
-        for rank, ids in enumerate(seen):
-            mine = set(order[rank * shard:(rank + 1) * shard].tolist())
-            assert set(ids) <= mine and len(ids) == (shard // 2) * 2  # last partial batch dropped
-    again = ids_of(ranks[1].train_batches(epoch=1, batch_size=2))
-    assert again == ids_of(feeds(data, 3)[1].train_batches(epoch=1, batch_size=2))
-    assert again != ids_of(ranks[1].train_batches(epoch=0, batch_size=2))
+        # 23 samples in global batches of 5: 4 steps, positions [0, 20) in step order.
+        for world in (1, 2, 3):
+            seen = [train_ids(feed, epoch=epoch, global_batch=5) for feed in feeds(data, world)]
+            assert sorted(i for ids in seen for i in ids) == sorted(order[:20].tolist())
+        # Resumed at step 2 with 3 workers after 2 steps with 2: each sample once.
+        before = [train_ids(f, epoch=epoch, global_batch=5, num_steps=2) for f in feeds(data, 2)]
+        after = [train_ids(f, epoch=epoch, global_batch=5, first_step=2) for f in feeds(data, 3)]
+        flat = [i for ids in before + after for i in ids]
+        assert sorted(flat) == sorted(order[:20].tolist())
+    one = feeds(data, 3)[1]
+    assert train_ids(one, epoch=1, global_batch=5) == train_ids(feeds(data, 3)[1], epoch=1,
+                                                                 global_batch=5)
+    assert train_ids(one, epoch=1, global_batch=5) != train_ids(one, epoch=0, global_batch=5)
 
 
 def test_val_covers_every_sample_exactly_once_over_uneven_ranks():
@@ -65,7 +77,8 @@ def test_val_covers_every_sample_exactly_once_over_uneven_ranks():
 def test_batches_are_the_pipeline_transforms_of_each_sample():
     data = splits()
     feed = feeds(data, world_size=1)[0]
-    batch = next(iter(feed.train_batches(epoch=2, batch_size=4)))
+    slices = StepSlices(global_batch_size=4, world_size=1, rank=0)
+    batch = next(iter(feed.train_batches(epoch=2, slices=slices, first_step=0, num_steps=5)))
     for image, label, sample_id in zip(batch["image"], batch["label"], batch["id"], strict=True):
         sample = data.train.sample(int(sample_id), data.train.images)  # ids == units here
         assert torch.equal(image, spec(True).apply(sample, seed=3, epoch=2))
