@@ -37,7 +37,7 @@ from trainers.models import build_model
 from trainers.optim import build_optimizer, set_lr
 from trainers.precision import Precision
 from trainers.progress import Progress
-from trainers.resume import ProgressMark, SampleRecord, resume_record
+from trainers.resume import ProgressMark, SampleRecord, last_progress, resume_record
 from trainers.schedule import WarmupPolySchedule
 from trainers.speed import (
     configure_for_speed,
@@ -151,6 +151,11 @@ class Trainer:
         self.state = TrainState()
         if checkpoint is not None:
             self._load(checkpoint)
+        elif last_progress(run_dir) is not None:
+            # A group restarted before the run's first checkpoint: a resume from step 0.
+            self.state.resumes.append(resume_record(
+                global_step=0, epoch=0, epoch_step=0, world_size=world_size,
+                global_batch_size=trainer.global_batch_size, run_dir=run_dir))
         # Wrap after restoring, so the sync broadcasts the restored weights from rank 0.
         self.sync = build_grad_sync(config.comms, world_size=world_size, device=device)
         self.train_model = self.sync.wrap(self.model)
@@ -334,7 +339,8 @@ class Trainer:
                       train_loss: float) -> None:
         state, trainer = self.state, self.config.trainer
         # batch_total: the samples per optimizer step summed over the ranks, as trained.
-        loss_sum, step_count, batch_total, top1, top5, val_samples, val_loss_sum = totals
+        # (The train loss comes in segments: `train_loss`, from _run_epoch.)
+        _, _, batch_total, top1, top5, val_samples, val_loss_sum = totals
         images = stats["steps"] * trainer.global_batch_size
         state.epoch, state.epoch_step, state.epoch_loss = epoch + 1, 0, 0.0
         state.train_images += images

@@ -22,7 +22,10 @@ NUM_TRAIN = 1437
 
 
 def sample_ids(run_dir: Path, *, epoch: int, world_size: int = 2) -> list[np.ndarray]:
-    return [np.load(run_dir / "train" / "sample_ids" / f"epoch{epoch:04d}_rank{rank}.npy")
+    """Each rank's trained ids of `epoch` (its checkpoint segments' files, in step order)."""
+    directory = run_dir / "train" / "sample_ids"
+    return [np.concatenate([np.load(path) for path in
+                            sorted(directory.glob(f"epoch{epoch:04d}_step*_rank{rank}.npy"))])
             for rank in range(world_size)]
 
 
@@ -43,17 +46,17 @@ def test_imagefolder_trains_each_sample_at_most_once_per_epoch(ray_cluster, tmp_
         "data=imagefolder", f"data.path={tmp_path / 'data'}", "data.augment=crop_flip",
         "data.min_crop_scale=0.5", "data.record_sample_ids=true", f"run.output_dir={tmp_path}"]))
     steps = summary["steps_per_epoch"]
-    assert steps == (NUM_TRAIN // 2) // 32 and summary["global_steps"] == EPOCHS * steps
+    assert steps == NUM_TRAIN // 64 and summary["global_steps"] == EPOCHS * steps
     assert summary["skipped_samples"] == 0 and np.isfinite(summary["train_loss"])
     for epoch in range(EPOCHS):
         ranks = sample_ids(tmp_path, epoch=epoch)
         assert [len(ids) for ids in ranks] == [steps * 32] * 2
         seen = np.concatenate(ranks)
         # Exactly once: no sample twice; the ones left out are the documented remainder
-        # (split remainder < world, plus each worker's last partial batch).
+        # (the last NUM_TRAIN % 64 positions of the epoch's permutation).
         assert len(np.unique(seen)) == len(seen)
         assert set(seen.tolist()) <= set(range(NUM_TRAIN))
-        assert NUM_TRAIN - len(seen) == NUM_TRAIN - 2 * steps * 32
+        assert NUM_TRAIN - len(seen) == NUM_TRAIN % 64
     # A new global permutation each epoch: the workers see different samples.
     assert set(sample_ids(tmp_path, epoch=0)[0]) != set(sample_ids(tmp_path, epoch=1)[0])
 
@@ -79,7 +82,9 @@ def test_parquet_skips_and_counts_corrupt_images(ray_cluster, tmp_path):
     # Counted once each, though every epoch meets them again.
     assert summary["skipped_samples"] == 2
     steps = summary["steps_per_epoch"]
-    assert steps == ((NUM_TRAIN - 1) // 2) // 32 and summary["global_steps"] == EPOCHS * steps
+    # Steps are the epoch's full global batches; a step holding the corrupt sample trains
+    # one sample fewer on its rank.
+    assert steps == NUM_TRAIN // 64 and summary["global_steps"] == EPOCHS * steps
     corrupt_id = pq.read_table(root / "train" / "part-00001.parquet").column("id")[5].as_py()
     for epoch in range(EPOCHS):
         seen = np.concatenate(sample_ids(tmp_path, epoch=epoch))
