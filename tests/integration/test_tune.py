@@ -52,7 +52,9 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
     assert {"best", "stages", "total_trial_epochs"} <= on_disk.keys()
     assert {"lr", "warmup_epochs", "val_top1"} <= on_disk["best"].keys()
     assert (tmp_path / "tune.png").stat().st_size > 10_000
-    lines = [line for line in capsys.readouterr().out.splitlines() if "[raylars tune]" in line]
+    # One line per finished trial (the plan's lines at the start name no LR).
+    lines = [line for line in capsys.readouterr().out.splitlines()
+             if "[raylars tune]" in line and "lr=" in line]
     assert len(lines) == 6 and sum("FAILED" in line for line in lines) == 1
 
     # A rerun into the same directory restores both finished stages instead of training.
