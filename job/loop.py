@@ -96,13 +96,16 @@ def _report(metrics: dict, state: dict | None, name: str, *, upload: str = "asyn
     every rank reports). `upload` (trainer.checkpoint_upload): `sync` returns once Ray
     has copied the checkpoint into the run directory; `async` once it is written to a
     local folder, which Ray copies in a background thread and then deletes. Either way
-    Ray registers it, and a restart can restore it, only after the whole copy."""
+    Ray registers it, and a restart can restore it, only after the whole copy. A
+    preemption's checkpoint is always copied before this returns: the node has a
+    deadline, and a background copy would wait its turn behind the training steps."""
     from ray.train import CheckpointUploadMode
 
     if not name:
         ray.train.report(metrics)
         return
-    mode = CheckpointUploadMode.ASYNC if upload == "async" else CheckpointUploadMode.SYNC
+    sync = upload == "sync" or metrics.get("checkpoint_reason") == "preemption"
+    mode = CheckpointUploadMode.SYNC if sync else CheckpointUploadMode.ASYNC
     if state is None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name,
                          checkpoint_upload_mode=mode)

@@ -117,9 +117,10 @@ def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
     from test_elastic import Background, wait_for
 
     spot = preemptible_nodes("127.0.0.6")
-    # Long enough that the deadline (12 s after the drain) comes before the run's end on
-    # a quiet machine (a run that ends first just finishes: nothing to restart).
-    epochs = 20
+    # Long enough that the deadline comes before the run's end on a quiet machine (a run
+    # that ends first just finishes: nothing to restart); the deadline leaves a loaded
+    # machine time for the notice (Ray Train polls drains every 5 s) and the checkpoint.
+    epochs, deadline_s = 30, 25
     config = compose(BASE + [
         f"trainer.epochs={epochs}", "trainer.preemption_check_steps=2", "trainer.max_failures=0",
         f"trainer.num_checkpoints_to_keep={epochs + 2}",
@@ -131,7 +132,7 @@ def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
                     f"--address={ray_cluster}", f"--node-id={spot.node_id}",
                     "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
-                    "--deadline-remaining-seconds=12"],
+                    f"--deadline-remaining-seconds={deadline_s}"],
                    check=True, env=os.environ, timeout=60)
     summary = training.join()
     assert len(summary["restart_events"]) == 2, summary["restart_events"]
