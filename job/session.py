@@ -7,6 +7,8 @@ What the session owns besides `ray.init`:
   records stay in its log directory (`<temp dir>/session_latest/logs`);
 - fail fast: an address that does not answer, or a cluster that cannot hold the run's
   workers, ends in seconds with an error saying what is missing and what to do;
+- lean: the embedded cluster skips the background work a private cluster has no use
+  for (`_EMBEDDED_RAY_ENV`), which would take CPU from training on a small machine;
 - stopping: Ctrl-C and SIGTERM become `RunStopped`, so `ray_session` shuts Ray down and
   the entry point can say how to resume.
 """
@@ -49,6 +51,8 @@ _RAY_NOISE = (
     # A timed-out request to Train's autoscaling coordinator on a loaded machine ("safe to
     # ignore", it says, with a traceback).
     re.compile(r"^Failed to send resource request for train-\w+\."),
+    # Ray Data saying the progress bars are off (start_ray turns them off on purpose).
+    re.compile(r"^Progress bars disabled\. To enable, set"),
 )
 # The lines of a traceback that follows a dropped line.
 _TRACEBACK = re.compile(r"^(Traceback \(most recent call last\):|\s|[\w.]+(Error|Exception)\b)")
@@ -98,6 +102,11 @@ def use_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+_EMBEDDED_RAY_ENV = {"RAY_enable_metrics_collection": "0", "RAY_event_stats": "0",
+                     "RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0",
+                     "LOG_NAME_UPDATE_INTERVAL_S": "2", "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0"}
+
+
 def init_local_ray(*, runtime_env: dict | None = None, **kwargs) -> None:
     """`ray.init` of a new private cluster on this machine, bound to 127.0.0.1, quiet, and
     token-authenticated with a token of its own (for benchmarks and `start_ray`)."""
@@ -118,6 +127,15 @@ def init_local_ray(*, runtime_env: dict | None = None, **kwargs) -> None:
         # Ray caches both when imported; this is how its own auto-enable refreshes them.
         RayConfig.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
+    # Background work a private cluster has no use for, which on a small machine takes
+    # CPU from the training processes: metrics export and event-loop statistics in every
+    # Ray process (nothing reads them), idle worker processes started ahead of demand
+    # (each costs ~0.7% of a core doing nothing; the job's actors start their own), and
+    # the log monitor globbing the log folder every 0.1 s (every 2 s now: a new process's
+    # first lines wait up to that long). Measured on 2 cores: Ray's processes other than
+    # the training workers from 17.3% to 13.7% of a core (BENCHMARKS.md, Framework tax).
+    for name, value in _EMBEDDED_RAY_ENV.items():
+        os.environ.setdefault(name, value)
     # Our GCS port, so the job's processes can be told which cluster is theirs (below).
     port = _free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)

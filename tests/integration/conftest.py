@@ -65,6 +65,31 @@ def local_cluster():
     cluster.shutdown()
 
 
+@pytest.fixture
+def labelled_nodes(local_cluster):
+    """Adds nodes to the session cluster, each with 2 CPUs and 2 units of a custom
+    resource that only the calling test's workers ask for, so its run goes there and no
+    other run does. `add(ip, resource)`, `remove(node)` (graceful: the node's raylet tells
+    the cluster it leaves, as a drained or preempted cloud node does); the rest are
+    removed at the end."""
+    cluster, _ = local_cluster
+    added = []
+
+    def add(ip: str, resource: str):
+        node = cluster.add_node(num_cpus=2, resources={resource: 2}, node_ip_address=ip)
+        cluster.wait_for_nodes()
+        added.append(node)
+        return node
+
+    def remove(node):
+        cluster.remove_node(node, allow_graceful=True)
+        added.remove(node)
+
+    yield add, remove
+    for node in list(added):
+        cluster.remove_node(node)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(local_cluster):
     """The address other drivers (e.g. `launch/run.py ray.address=...`) join."""

@@ -5,6 +5,7 @@ Each test changes the cluster or kills processes from a background thread while
 `run_training` runs in the test's thread, and checks the run's summary afterwards.
 """
 
+import functools
 import os
 import re
 import signal
@@ -125,27 +126,11 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(ray_clus
 
 
 @pytest.fixture
-def elastic_nodes(local_cluster):
+def elastic_nodes(labelled_nodes):
     """Nodes carrying the `raylars_elastic` resource the elastic run's workers need (two
-    workers each); the tests add and remove them. Removed again at the end."""
-    cluster, _ = local_cluster
-    added = []
-
-    def add(ip: str):
-        node = cluster.add_node(num_cpus=2, resources={"raylars_elastic": 2}, node_ip_address=ip)
-        cluster.wait_for_nodes()
-        added.append(node)
-        return node
-
-    def remove(node):
-        # Graceful: the node's raylet tells the cluster it leaves (as a drained or
-        # preempted cloud node does), and its workers die mid-epoch.
-        cluster.remove_node(node, allow_graceful=True)
-        added.remove(node)
-
-    yield add, remove
-    for node in list(added):
-        cluster.remove_node(node)
+    workers each); the tests add and remove them."""
+    add, remove = labelled_nodes
+    return functools.partial(add, resource="raylars_elastic"), remove
 
 
 def test_group_grows_when_a_node_joins_and_shrinks_when_it_leaves(

@@ -91,32 +91,16 @@ def last_step(run_dir: Path) -> int:
         return 0
 
 
-@pytest.fixture
-def preemptible_nodes(local_cluster):
-    """Nodes with the `raylars_spot` resource the preemption test's workers need."""
-    cluster, _ = local_cluster
-    added = []
-
-    def add(ip: str):
-        node = cluster.add_node(num_cpus=2, resources={"raylars_spot": 2}, node_ip_address=ip)
-        cluster.wait_for_nodes()
-        added.append(node)
-        return node
-
-    yield add
-    for node in added:
-        cluster.remove_node(node)
-
-
 def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
-        ray_cluster, preemptible_nodes, tmp_path):
+        ray_cluster, labelled_nodes, tmp_path):
     """A real drain with a preemption reason and deadline of the node the group runs on:
     the workers see the notice (polled every 2 steps), write a checkpoint at once,
     mid-epoch, and train on until Ray Train restarts the group on the node that is left;
     with max_failures=0 the run still finishes, counted as a preemption."""
     from test_elastic import Background, wait_for
 
-    spot = preemptible_nodes("127.0.0.6")
+    add_node, _ = labelled_nodes
+    spot = add_node("127.0.0.6", resource="raylars_spot")
     # Long enough that the deadline comes before the run's end on a quiet machine (a run
     # that ends first just finishes: nothing to restart); the deadline leaves a loaded
     # machine time for the notice (Ray Train polls drains every 5 s) and the checkpoint.
@@ -128,7 +112,7 @@ def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
     training = Background(lambda: run_training(config))
     wait_for(lambda: training.done or last_step(tmp_path) >= 4, timeout_s=300,
              what="the first training steps")
-    preemptible_nodes("127.0.0.7")  # where the restarted group can go
+    add_node("127.0.0.7", resource="raylars_spot")  # where the restarted group can go
     subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
                     f"--address={ray_cluster}", f"--node-id={spot.node_id}",
                     "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",

@@ -54,9 +54,11 @@ def test_ray_records_and_their_tracebacks_are_dropped_ours_kept():
         "Traceback (most recent call last):",
         '  File "x.py", line 58, in send_resource_request',
         "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+        "Progress bars disabled. To enable, set `ray.data.DataContext.get_current()"
+        ".enable_progress_bars = True`.",
         "[raylars] epoch 1/5",
         "[2026-12-02 15:45:29,457 E 4677 4708] raylet_client.cc:1: a real error",
         "Traceback (most recent call last):",
         "ValueError: ours",
     ]
-    assert _drop_noise(lines) == lines[7:]
+    assert _drop_noise(lines) == lines[8:]
