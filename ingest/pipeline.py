@@ -76,8 +76,9 @@ class TransformSpec:
             # Copy: arrays from the object store are read-only.
             return self._decoded(torch.from_numpy(np.array(sample.payload)), sample,
                                  seed=seed, epoch=epoch)
-        return torch.from_numpy(np.ascontiguousarray(self.encoded(sample, seed=seed,
-                                                                  epoch=epoch)))
+        # Owned and writable: a grayscale decode can be a view of PIL's read-only buffer.
+        return torch.from_numpy(np.require(self.encoded(sample, seed=seed, epoch=epoch),
+                                           requirements=("C", "W")))
 
     def write(self, sample: Sample, out: np.ndarray, *, seed: int, epoch: int) -> None:
         """`apply` into `out` (a row of the batch): one copy from the resized image."""
@@ -101,8 +102,10 @@ class TransformSpec:
         if self.augment == "crop_flip":
             return encoded_crop_flip(data, rng=rng, size=self.size,
                                      min_scale=self.min_crop_scale, channels=self.channels)
-        image = torch.from_numpy(np.ascontiguousarray(encoded_center(
-            data, size=self.size, crop_fraction=1.0, channels=self.channels)))
+        # A grayscale decode is PIL's read-only buffer seen as (1, H, W): copy it to own it.
+        image = torch.from_numpy(np.require(encoded_center(
+            data, size=self.size, crop_fraction=1.0, channels=self.channels),
+            requirements=("C", "W")))
         if self.augment == "shift":
             image = shift(image, rng=rng, max_px=self.max_shift_px)
         return image.numpy()

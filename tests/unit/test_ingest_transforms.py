@@ -2,6 +2,8 @@
 JPEG decode at reduced scale against full decode + resize."""
 
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +182,31 @@ def test_encoded_paths_are_deterministic_and_read_gray_and_png():
 def test_encoded_paths_raise_decode_error_on_broken_bytes(data):
     with pytest.raises(DecodeError):
         encoded_center(data, size=16, crop_fraction=0.875, channels=3)
+
+
+
+GRAYSCALE_CHECK = """
+import sys, warnings
+import numpy as np, torch
+from ingest.pipeline import Sample, TransformSpec
+from ingest.transforms import encoded_center
+payload = sys.stdin.buffer.read()
+spec = TransformSpec(train=sys.argv[1] == "train", augment="shift", size=16, channels=1,
+                     max_shift_px=0, min_crop_scale=0.08, val_crop_fraction=1.0, on_error="raise")
+warnings.simplefilter("error")
+image = spec.apply(Sample(sample_id=3, label=1, payload=payload, origin="test"), seed=0, epoch=0)
+expected = encoded_center(payload, size=16, crop_fraction=1.0, channels=1)
+assert image.shape == (1, 16, 16) and image.dtype == torch.uint8
+assert np.array_equal(image.numpy(), expected)  # shift 0: the resize alone
+"""
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_grayscale_png_preprocesses_without_wrapping_a_read_only_buffer(split):
+    """A grayscale decode is a view of PIL's read-only buffer: torch warns when it wraps one
+    (writes through it are undefined), so the spec must copy it. torch warns once per
+    process, hence a fresh interpreter per split."""
+    digit = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    result = subprocess.run([sys.executable, "-c", GRAYSCALE_CHECK, split],
+                            input=png_bytes(digit, "L"), capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
