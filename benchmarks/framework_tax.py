@@ -6,7 +6,9 @@ ratios come from one sitting of one machine.
 - `run_py`: `python launch/run.py` as a user runs it (`data.preprocess_on=auto`, which on
   a small cluster preprocesses the in-memory digits inside the workers);
 - `run_py_pipeline`: `launch/run.py data.preprocess_on=tasks`: the same with the Ray Data
-  pipeline's map_batches tasks, to split the tax into the pipeline and the rest.
+  pipeline's map_batches tasks, to split the tax into the pipeline and the rest;
+- `run_py_in_workers` (not run unless asked): `data.preprocess_on=workers`, for a cluster
+  where `auto` would choose the tasks.
 
 For each: img/s per epoch after the first (each training loop's own timing, mean of
 epochs 2..N), the time from the command's start to its first optimizer step, the wall
@@ -14,6 +16,12 @@ time, and for raylars the start-up phases from summary.json (`startup_s`).
 
     python benchmarks/framework_tax.py --repeats 2 --out benchmarks/results
     python benchmarks/framework_tax.py --model resnet50 --image-size 64 --epochs 3
+    python benchmarks/framework_tax.py --workers 1 --variants plain_ddp run_py_in_workers
+
+`--workers 1` on a 2-core machine leaves a core beside the one training process, as a GPU
+node leaves host cores beside its GPUs' processes: what is left of the tax there is not
+Ray's control plane sharing the training cores. (`run_py_in_workers`: with a CPU spare,
+`data.preprocess_on=auto` would move the shift to Ray Data tasks on it, unlike plain DDP.)
 """
 
 from __future__ import annotations
@@ -30,13 +38,15 @@ from pathlib import Path
 from bench_util import write_report
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = ("plain_ddp", "run_py", "run_py_pipeline")
+VARIANTS = ("plain_ddp", "run_py", "run_py_pipeline", "run_py_in_workers")
+DEFAULT_VARIANTS = VARIANTS[:3]
 
 
 def _run_py(args, out: Path, *extra: str) -> dict:
     command = [sys.executable, str(REPO / "launch/run.py"), f"run.output_dir={out}",
                f"trainer.epochs={args.epochs}", f"model={args.model}",
-               f"data.image_size={args.image_size}", *extra]
+               f"data.image_size={args.image_size}", f"trainer.num_workers={args.workers}",
+               *extra]
     if args.epochs <= 2:
         command.append("optim.warmup_epochs=0")
     started = time.time()
@@ -55,7 +65,7 @@ def _run_py(args, out: Path, *extra: str) -> dict:
 def _plain(args, out: Path) -> dict:
     command = [sys.executable, str(REPO / "benchmarks/plain_ddp.py"), "--json", str(out),
                "--epochs", str(args.epochs), "--model", args.model,
-               "--image-size", str(args.image_size)]
+               "--image-size", str(args.image_size), "--workers", str(args.workers)]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     result = json.loads(out.read_text())
     return {"epoch_images_per_sec": [e["images_per_sec"] for e in result["epochs"]],
@@ -69,7 +79,8 @@ def run_variant(name: str, args, tmp: Path, repeat: int) -> dict:
     out = tmp / f"{name}-{repeat}"
     if name == "plain_ddp":
         return _plain(args, out.with_suffix(".json"))
-    extra = ("data.preprocess_on=tasks",) if name == "run_py_pipeline" else ()
+    extra = {"run_py_pipeline": ("data.preprocess_on=tasks",),
+             "run_py_in_workers": ("data.preprocess_on=workers",)}.get(name, ())
     return _run_py(args, out, *extra)
 
 
@@ -99,7 +110,8 @@ def summarise(runs: dict) -> dict:
 
 
 def report_lines(table: dict, runs: dict, args) -> list[str]:
-    lines = [f"framework tax: {args.model} at {args.image_size}px, {args.epochs} epochs, "
+    lines = [f"framework tax: {args.model} at {args.image_size}px, {args.workers} workers, "
+             f"{args.epochs} epochs, "
              f"{args.repeats} interleaved repeats (medians)", "",
              "| what | img/s (epochs 2..N) | x plain DDP | x plain DDP, per repeat (median) "
              "| first step (s) | wall (s) | x wall |",
@@ -109,8 +121,9 @@ def report_lines(table: dict, runs: dict, args) -> list[str]:
                      f"{row['images_per_sec_ratio']:.2f} | {row['paired_ratios']} "
                      f"({row['paired_ratio_median']:.2f}) | {row['time_to_first_step_s']:.1f} | "
                      f"{row['wall_seconds']:.1f} | {row['wall_ratio']:.2f} |")
-    lines += ["", "start-up of the last run_py (s): " + ", ".join(
-        f"{k} {v}" for k, v in runs["run_py"][-1]["startup_s"].items())]
+    last = next(name for name in reversed(runs) if name != "plain_ddp")
+    lines += ["", f"start-up of the last {last} (s): " + ", ".join(
+        f"{k} {v}" for k, v in runs[last][-1]["startup_s"].items())]
     return lines
 
 
@@ -120,10 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--model", default="small_resnet")
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--workers", type=int, default=2, help="training processes (ranks)")
+    ap.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args(argv)
-    assert "plain_ddp" in args.variants, "the ratios need the plain_ddp baseline"
+    if "plain_ddp" not in args.variants or len(args.variants) < 2:
+        ap.error("--variants: the ratios need plain_ddp and at least one run_py variant")
     runs: dict[str, list] = {name: [] for name in args.variants}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     table = summarise(runs)
     data = {"args": vars(args), "table": table, "runs": runs}
     suffix = "" if args.model == "small_resnet" else f"_{args.model}_{args.image_size}"
+    suffix += "" if args.workers == 2 else f"_{args.workers}workers"
     write_report(Path(args.out), name=f"framework_tax{suffix}",
                  lines=report_lines(table, runs, args), data=data)
     return data

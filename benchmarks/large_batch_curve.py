@@ -5,7 +5,8 @@
 Usage:
     python benchmarks/large_batch_curve.py --out outputs/large_batch_curve [--plan]
         [--batches 64 256 1024 4096] [--copies 94] [--image-size 16] [--min-steps 300]
-        [--seeds 0 1 2] [--only sweep|train|ablation ...] [--max-cells N]
+        [--seeds 0 1 2] [--only sweep|train|ablation ...] [--cells 'train/lars_*' ...]
+        [--max-cells N]
 
 The work is a list of cells, each a command a user runs, in this order:
 - `sweep/<opt>_b<B>`: `python launch/tune.py` for one optimizer and batch, on a third of
@@ -16,7 +17,8 @@ The work is a list of cells, each a command a user runs, in this order:
   bf16, fp16 (fp32 master weights), fp16_pure, and without the bias/BN exclusion.
 A rerun with the same --out skips the finished cells (an interrupted sweep restores its
 finished stages; an interrupted training cell starts again), so the whole may run over
-several sittings; `--max-cells` stops after that many new cells. After every cell the
+several sittings; `--cells` (shell patterns) picks which cells a sitting runs first, and
+`--max-cells` stops after that many new cells. After every cell the
 report is rewritten: OUT/large_batch_curve.{md,json,png}, with the cost of every cell and
 the total over all sittings.
 
@@ -29,6 +31,7 @@ its square root (10 at batch 64, conf/optim/lars.yaml).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import statistics
@@ -98,7 +101,13 @@ def plan(args) -> list[Cell]:
     for variant, extra in ABLATIONS.items():
         cells += [Cell(f"ablation/{variant}_s{seed}", "ablation", "lars", largest, seed,
                        variant, extra) for seed in args.seeds]
-    return [c for c in cells if not args.only or c.kind in args.only]
+    return cells
+
+
+def selected(cells: list[Cell], args) -> list[Cell]:
+    """The cells this sitting may run (--only, --cells); the report always covers the grid."""
+    return [c for c in cells if (not args.only or c.kind in args.only) and (
+        not args.cells or any(fnmatch.fnmatchcase(c.name, p) for p in args.cells))]
 
 
 def tuned(out: Path, optimizer: str, batch: int) -> dict | None:
@@ -295,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", choices=["sweep", "train", "ablation"])
+    ap.add_argument("--cells", nargs="+", metavar="PATTERN",
+                    help="only the cells whose names match one of these shell patterns, "
+                         "e.g. 'train/lars_b4096_*'")
     ap.add_argument("--max-cells", type=int, default=None)
     ap.add_argument("--plan", action="store_true", help="print the cells and exit")
     args = ap.parse_args(argv)
@@ -314,11 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     cells = plan(args)
     costs_file = out / "cell_seconds.json"
     costs = json.loads(costs_file.read_text()) if costs_file.exists() else {}
-    todo = [c for c in cells if not c.done_file(out).exists()]
+    todo = [c for c in selected(cells, args) if not c.done_file(out).exists()]
+    done = sum(1 for c in cells if c.done_file(out).exists())
     print(f"[curve] {counts['train']} training images, {epochs} epochs per run; "
-          f"{len(cells) - len(todo)}/{len(cells)} cells done", flush=True)
+          f"{done}/{len(cells)} cells done, {len(todo)} selected to run", flush=True)
     if args.plan:
-        for cell in cells:
+        for cell in selected(cells, args):
             argv_ = command(cell, args, out=out, data=data, epochs=epochs)
             state = "done" if cell.done_file(out).exists() else "todo"
             print(f"{state} {cell.name}: " + (" ".join(argv_[1:]) if argv_ else "(after its sweep)"))

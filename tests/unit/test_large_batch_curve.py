@@ -1,0 +1,95 @@
+"""benchmarks/large_batch_curve.py's bookkeeping: the grid, the shared epoch budget, the
+commands a tuned cell runs, and that a rerun reuses the finished cells. Finished cells are
+their real done files (what launch/tune.py and launch/run.py write), so nothing trains."""
+
+import argparse
+import json
+import sys
+
+import pytest
+
+from common.paths import REPO_ROOT
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import large_batch_curve as curve  # noqa: E402
+
+# A small grid: 2 batches x 2 optimizers x 2 seeds. 2560 training images give batch 256
+# ten steps an epoch, so --min-steps 300 asks for 30 epochs, and a sweep trial gets 10.
+GRID = ["--batches", "64", "256", "--seeds", "0", "1"]
+
+
+def test_budget_gives_the_largest_batch_its_steps_and_refuses_a_batch_above_the_set():
+    assert curve.budget(train_samples=136515, largest_batch=4096, min_steps=300) == 10
+    assert curve.budget(train_samples=2560, largest_batch=256, min_steps=300) == 30
+    with pytest.raises(SystemExit, match="raise --copies"):
+        curve.budget(train_samples=100, largest_batch=256, min_steps=300)
+
+
+def test_the_default_grid_has_every_cell_the_issue_names():
+    names = [cell.name for cell in curve.plan(_args())]
+    assert len(names) == len(set(names)) == 44
+    assert sum(n.startswith("sweep/") for n in names) == 8
+    assert sum(n.startswith("train/") for n in names) == 24
+    assert {n for n in names if n.startswith("ablation/")} == {
+        f"ablation/{v}_s{s}" for v in ("bf16", "fp16", "fp16_pure", "no_exclusion")
+        for s in (0, 1, 2)}
+    args = _args(cells=["train/lars_b4096_*", "sweep/*_b64"])
+    picked = curve.selected(curve.plan(args), args)
+    assert [c.name for c in picked] == ["sweep/sgd_b64", "sweep/lars_b64",
+                                        "train/lars_b4096_s0", "train/lars_b4096_s1",
+                                        "train/lars_b4096_s2"]
+
+
+def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_setting(
+        tmp_path, capsys):
+    out = tmp_path / "curve"
+    (out / "data").mkdir(parents=True)
+    (out / "data_counts.json").write_text(json.dumps({"train": 2560, "val": 360}))
+    (out / "cell_seconds.json").write_text(json.dumps({"sweep/sgd_b64": 60.0}))
+    _sweep_done(out / "sweep/sgd_b64", lr=0.3, warmup=1.0)
+    _sweep_done(out / "sweep/sgd_b256", lr=1.2, warmup=0.0)
+    for batch, tops in ((64, (0.95, 0.97)), (256, (0.89, 0.91))):
+        for seed, top in enumerate(tops):
+            _run_done(out / f"train/sgd_b{batch}_s{seed}", best=top)
+
+    # Every train cell selected: the SGD ones are done, the LARS ones wait for their sweep.
+    curve.main(["--out", str(out), *GRID, "--cells", "train/*"])
+    printed = capsys.readouterr().out
+    assert "30 epochs per run; 6/20 cells done, 4 selected to run" in printed
+    assert printed.count("its sweep is not done, skipped") == 4
+    assert not list(out.rglob("command.log")), "a finished or untuned cell was started"
+
+    report = (out / "large_batch_curve.md").read_text()
+    assert "| sgd | 64 | 1200 | 0.3 | 3 | 3 (12) | 0.9550 ± 0.0100 (n=2) | 0.9600 ± 0.0100 (n=2) |" in report
+    assert "SGD at batch 256 against its best smaller batch: -6.0 (goal <= -5: holds)" in report
+    assert "LARS at batch 256 against the best smaller-batch result: not measured yet" in report
+    assert "cells done: 6/20" in report
+    assert json.loads((out / "cell_seconds.json").read_text()) == {"sweep/sgd_b64": 60.0}
+    assert (out / "large_batch_curve.png").exists()
+
+    # The plan of a tuned cell: the sweep's LR, its warmup scaled from 10 to 30 epochs.
+    curve.main(["--out", str(out), *GRID, "--cells", "train/sgd_b64_s1", "--plan"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("done train/sgd_b64_s1: ")
+    assert "trainer.epochs=30 trainer.seed=1 optim.lr=0.3 optim.warmup_epochs=3" in line
+
+
+def _args(*, cells=None):
+    """The script's defaults for the grid (its --batches and --seeds)."""
+    return argparse.Namespace(batches=[64, 256, 1024, 4096], seeds=[0, 1, 2], only=None,
+                              cells=cells)
+
+
+def _sweep_done(folder, *, lr, warmup):
+    folder.mkdir(parents=True)
+    (folder / "tune_summary.json").write_text(json.dumps({
+        "best": {"lr": lr, "warmup_epochs": warmup, "val_top1": 0.9, "stage": "fine"},
+        "stages": [{"num_trials": 2}, {"num_trials": 1}], "total_trial_epochs": 12}))
+
+
+def _run_done(folder, *, best):
+    folder.mkdir(parents=True)
+    history = [{"val_top1": best - 0.01}, {"val_top1": best}, {"val_top1": best - 0.005}]
+    (folder / "summary.json").write_text(json.dumps({
+        "val_top1": best - 0.005, "train_loss": 0.1, "global_steps": 1200,
+        "history": history}))
