@@ -1,4 +1,4 @@
-"""Framework tax: the default job run three ways on the same CPUs, interleaved, so the
+"""Framework tax: the default job run several ways on the same CPUs, interleaved, so the
 ratios come from one sitting of one machine.
 
 - `plain_ddp`: benchmarks/plain_ddp.py, the job as a plain DDP script (DataLoader,

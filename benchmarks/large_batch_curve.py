@@ -17,7 +17,7 @@ The work is a list of cells, each a command a user runs, in this order:
   bf16, fp16 (fp32 master weights), fp16_pure, and without the bias/BN exclusion.
 A rerun with the same --out skips the finished cells (an interrupted sweep restores its
 finished stages; an interrupted training cell starts again), so the whole may run over
-several sittings; `--cells` (shell patterns) picks which cells a sitting runs first, and
+several sittings; `--cells` (shell patterns) runs only the matching cells, and
 `--max-cells` stops after that many new cells. After every cell the
 report is rewritten: OUT/large_batch_curve.{md,json,png}, with the cost of every cell and
 the total over all sittings.
