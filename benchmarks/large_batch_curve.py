@@ -293,7 +293,7 @@ def plot(curve: dict, *, path: Path, epochs: int) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
@@ -309,7 +309,11 @@ def main(argv: list[str] | None = None) -> None:
                          "e.g. 'train/lars_b4096_*'")
     ap.add_argument("--max-cells", type=int, default=None)
     ap.add_argument("--plan", action="store_true", help="print the cells and exit")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     out = args.out.resolve()
     data = out / "data"
     counts_file = out / "data_counts.json"

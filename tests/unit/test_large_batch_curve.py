@@ -1,8 +1,8 @@
 """benchmarks/large_batch_curve.py's bookkeeping: the grid, the shared epoch budget, the
-commands a tuned cell runs, and that a rerun reuses the finished cells. Finished cells are
-their real done files (what launch/tune.py and launch/run.py write), so nothing trains."""
+commands a tuned cell runs, and that a rerun reuses the finished cells. A finished cell is
+its done file, with the fields the script reads from launch/tune.py's tune_summary.json and
+launch/run.py's summary.json, so nothing trains."""
 
-import argparse
 import json
 import sys
 
@@ -74,10 +74,9 @@ def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_set
     assert "trainer.epochs=30 trainer.seed=1 optim.lr=0.3 optim.warmup_epochs=3" in line
 
 
-def _args(*, cells=None):
-    """The script's defaults for the grid (its --batches and --seeds)."""
-    return argparse.Namespace(batches=[64, 256, 1024, 4096], seeds=[0, 1, 2], only=None,
-                              cells=cells)
+def _args(*, cells=()):
+    """The script's own defaults, as its command line parses them."""
+    return curve.parse_args(["--out", "unused", *(["--cells", *cells] if cells else [])])
 
 
 def _sweep_done(folder, *, lr, warmup):
