@@ -64,6 +64,7 @@ def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_set
     assert "SGD at batch 256 against its best smaller batch: -6.0 (goal <= -5: holds)" in report
     assert "LARS at batch 256 against the best smaller-batch result: not measured yet" in report
     assert "cells done: 6/20" in report
+    assert "cells left: 14; not timed until a sweep and a run have been" in report
     assert json.loads((out / "cell_seconds.json").read_text()) == {"sweep/sgd_b64": 60.0}
     assert (out / "large_batch_curve.png").exists()
 
@@ -72,6 +73,20 @@ def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_set
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("done train/sgd_b64_s1: ")
     assert "trainer.epochs=30 trainer.seed=1 optim.lr=0.3 optim.warmup_epochs=3" in line
+
+
+def test_time_left_counts_the_unfinished_cells_at_the_mean_cost_of_each_kind():
+    args = curve.parse_args(["--out", "unused", *GRID])
+    cells = curve.plan(args)  # 4 sweeps, 16 runs (8 ablations); a sweep and 2 runs done
+    results = {name: {"val_top1": 0.9} for name in ("sweep/sgd_b64", "train/sgd_b64_s0",
+                                                  "train/sgd_b64_s1")}
+    costs = {"sweep/sgd_b64": 1800.0, "train/sgd_b64_s0": 600.0, "train/sgd_b64_s1": 1200.0}
+    # 3 sweeps x 30 min + 14 runs x 15 min = 5 h.
+    assert curve.time_left(cells, results=results, costs=costs) == (
+        "cells left: 17 (3 sweeps, 14 runs); at the mean cost of those timed "
+        "(sweep 30 min, run 15 min), about 5.0 h more")
+    done = {c.name: {"val_top1": 1.0} for c in cells}
+    assert curve.time_left(cells, results=done, costs=costs) == "cells left: none"
 
 
 def _args(*, cells=()):
