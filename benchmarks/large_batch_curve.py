@@ -241,14 +241,13 @@ def report(cells: list[Cell], *, out: Path, args, epochs: int, train_samples: in
 def time_left(cells: list[Cell], *, results: dict, costs: dict) -> str:
     """The cells not done, timed at the mean measured cost of a sweep and of a training run
     (an ablation is one): an estimate that takes a batch not yet timed to cost what the
-    timed ones did (a sweep took 36-37 min at both batch 1024 and 4096)."""
+    timed ones did (a sweep took 34-37 min at both batch 1024 and 4096)."""
     left = [c for c in cells if not results.get(c.name)]
     if not left:
         return "cells left: none"
-    mean = {}
-    for kind in ("sweep", "run"):
-        seconds = [v for k, v in costs.items() if (k.startswith("sweep/") == (kind == "sweep"))]
-        mean[kind] = statistics.mean(seconds) if seconds else None
+    timed = {"sweep": [v for k, v in costs.items() if k.startswith("sweep/")],
+             "run": [v for k, v in costs.items() if not k.startswith("sweep/")]}
+    mean = {kind: statistics.mean(v) if v else None for kind, v in timed.items()}
     kinds = ["sweep" if c.kind == "sweep" else "run" for c in left]
     if any(mean[k] is None for k in kinds):
         return f"cells left: {len(left)}; not timed until a sweep and a run have been"
