@@ -15,12 +15,16 @@ The work is a list of cells, each a command a user runs, in this order:
   the full epoch budget (its `summary.json` marks it done);
 - `ablation/<variant>_s<seed>`, at the largest batch, LARS at its tuned LR and warmup in
   bf16, fp16 (fp32 master weights), fp16_pure, and without the bias/BN exclusion.
-A rerun with the same --out skips the finished cells (an interrupted sweep restores its
-finished stages; an interrupted training cell starts again), so the whole may run over
-several sittings; `--cells` (shell patterns) runs only the matching cells, and
-`--max-cells` stops after that many new cells. After every cell the
-report is rewritten: OUT/large_batch_curve.{md,json,png}, with the cost of every cell and
-the total over all sittings.
+Every finished cell's result and cost go into the ledger (--ledger, by default
+benchmarks/results/large_batch_curve_cells.json, committed with the repo), so the whole
+may run over several sittings and machines: a rerun skips the cells the ledger holds and
+builds the report from it alone; OUT (the data and each cell's run folder) may be lost
+between sittings. A finished run folder in OUT that the ledger lacks is added to it. An
+interrupted sweep restores its finished stages from OUT; an interrupted training cell
+starts again. `--cells` (shell patterns) runs only the matching cells, and `--max-cells`
+stops after that many new cells. After every cell the report is rewritten:
+OUT/large_batch_curve.{md,json,png}, with the cost of every cell and the total over all
+sittings.
 
 One epoch budget for every batch: the fewest epochs giving the largest batch
 --min-steps optimizer steps. The sweeps search one decade either side of a centre that
@@ -39,11 +43,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_util import pyplot, save_figure, write_json, write_report
 
 REPO = Path(__file__).resolve().parent.parent
+LEDGER = REPO / "benchmarks/results/large_batch_curve_cells.json"
 OPTIMIZERS = ("sgd", "lars")
 # The LR a batch of 64 starts from (each optimizer's config default) and how the sweep's
 # centre grows with the batch: linear for SGD (Goyal et al.), square root for LARS, whose
@@ -110,12 +116,13 @@ def selected(cells: list[Cell], args) -> list[Cell]:
         not args.cells or any(fnmatch.fnmatchcase(c.name, p) for p in args.cells))]
 
 
-def tuned(out: Path, optimizer: str, batch: int) -> dict | None:
-    path = out / f"sweep/{optimizer}_b{batch}" / "tune_summary.json"
-    return json.loads(path.read_text())["best"] if path.exists() else None
+def tuned(results: dict, optimizer: str, batch: int) -> dict | None:
+    sweep = results.get(f"sweep/{optimizer}_b{batch}")
+    return sweep["best"] if sweep else None
 
 
-def command(cell: Cell, args, *, out: Path, data: Path, epochs: int) -> list[str] | None:
+def command(cell: Cell, args, *, out: Path, data: Path, epochs: int,
+            results: dict) -> list[str] | None:
     """The cell's command line, or None while the sweep it takes its LR from is not done."""
     common = DATA + QUIET_CHECKPOINTS + [
         f"data.path={data}", f"data.image_size={args.image_size}",
@@ -129,7 +136,7 @@ def command(cell: Cell, args, *, out: Path, data: Path, epochs: int) -> list[str
         return [sys.executable, str(REPO / "launch/tune.py"), *common,
                 f"trainer.epochs={short}", f"tune.lr_min={low:.6g}",
                 f"tune.lr_max={high:.6g}", f"tune.warmup_epochs=[{warmups[0]},{warmups[1]}]"]
-    best = tuned(out, cell.optimizer, cell.batch)
+    best = tuned(results, cell.optimizer, cell.batch)
     if best is None:
         return None
     return [sys.executable, str(REPO / "launch/run.py"), *common, *cell.extra,
@@ -162,11 +169,9 @@ def run_cell(cell: Cell, argv: list[str], *, out: Path) -> float:
     return seconds
 
 
-def cell_result(cell: Cell, out: Path) -> dict | None:
-    path = cell.done_file(out)
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
+def cell_result(cell: Cell, out: Path) -> dict:
+    """What the report reads from a finished cell's summary in OUT."""
+    data = json.loads(cell.done_file(out).read_text())
     if cell.kind == "sweep":
         return {"best": data["best"], "trials": sum(st["num_trials"] for st in data["stages"]),
                 "trial_epochs": data["total_trial_epochs"]}
@@ -176,6 +181,36 @@ def cell_result(cell: Cell, out: Path) -> dict | None:
             "skipped_steps": data.get("skipped_steps", 0)}
 
 
+def load_ledger(path: Path, settings: dict) -> dict:
+    """The finished cells of the grid `settings` describe, or an empty ledger for it. A
+    ledger of another grid (data, image size, epoch budget) is refused, not mixed in."""
+    if not path.exists():
+        return {"settings": settings, "cells": {}}
+    ledger = json.loads(path.read_text())
+    differ = {k: {"ledger": ledger["settings"].get(k), "this run": v}
+              for k, v in settings.items() if ledger["settings"].get(k) != v}
+    if differ:
+        raise SystemExit(f"[curve] {path} holds the cells of another grid ({differ}); "
+                         "pass --ledger with a new file for this one")
+    return ledger
+
+
+def record(cell: Cell, *, out: Path, seconds: float | None) -> dict:
+    """A ledger entry for a cell whose run folder in OUT is finished."""
+    finished = datetime.fromtimestamp(cell.done_file(out).stat().st_mtime, timezone.utc)
+    return {"result": cell_result(cell, out), "seconds": seconds,
+            "finished": finished.isoformat(timespec="minutes"), "from": "run"}
+
+
+def absorb(cells: list[Cell], ledger: dict, *, out: Path, costs: dict) -> list[str]:
+    """Add the finished run folders in OUT that the ledger lacks (a cell stopped between
+    its run and the ledger's write, or run before there was a ledger)."""
+    added = [c for c in cells if c.name not in ledger["cells"] and c.done_file(out).exists()]
+    for cell in added:
+        ledger["cells"][cell.name] = record(cell, out=out, seconds=costs.get(cell.name))
+    return [c.name for c in added]
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -183,9 +218,11 @@ def spread(values: list[float]) -> str:
     return f"{mean:.4f} ± {(max(values) - min(values)) / 2:.4f} (n={len(values)})"
 
 
-def report(cells: list[Cell], *, out: Path, args, epochs: int, train_samples: int,
-           costs: dict) -> None:
-    results = {c.name: cell_result(c, out) for c in cells}
+def report(cells: list[Cell], *, ledger: dict, out: Path, args, epochs: int,
+           train_samples: int) -> None:
+    entries = ledger["cells"]
+    results = {c.name: entries[c.name]["result"] for c in cells if c.name in entries}
+    costs = {n: entries[n]["seconds"] for n in results if entries[n]["seconds"] is not None}
     largest = max(args.batches)
     lines = [f"large-batch curve: small_resnet, {args.image_size} px, {train_samples} training "
              f"images, {epochs} epochs for every batch ({train_samples // largest} steps/epoch "
@@ -230,6 +267,11 @@ def report(cells: list[Cell], *, out: Path, args, epochs: int, train_samples: in
                   f"{kind} {sum(v for k, v in costs.items() if k.startswith(kind)) / 60:.0f} min"
                   for kind in ("sweep", "train", "ablation")) + ")",
               time_left(cells, results=results, costs=costs)]
+    recorded = [n for n in results if entries[n]["from"] != "run"]
+    if recorded:
+        lines.append(f"{len(recorded)} cells are transcribed from an earlier record (their "
+                     "run folders were lost; no per-epoch curve): see each one's \"from\" "
+                     "in the ledger")
     write_report(out, name="large_batch_curve", lines=lines,
                  data={"args": {k: v for k, v in vars(args).items() if k != "out"},
                        "epochs": epochs, "train_samples": train_samples,
@@ -315,7 +357,11 @@ def plot(curve: dict, *, path: Path, epochs: int) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True,
+                    help="the data and each cell's run folder (may be lost between sittings)")
+    ap.add_argument("--ledger", type=Path, default=LEDGER,
+                    help="every finished cell's result and cost (default: the committed "
+                         "benchmarks/results/large_batch_curve_cells.json)")
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024, 4096])
     ap.add_argument("--copies", type=int, default=94,
                     help="augmented copies of the digits train split (94: 136K images, "
@@ -335,6 +381,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.out.resolve()
+    ledger_path = args.ledger.resolve()
+    # What fixes a cell's result besides its name: checked before the data is written.
+    ledger = load_ledger(ledger_path, {"copies": args.copies, "image_size": args.image_size,
+                                       "min_steps": args.min_steps,
+                                       "largest_batch": max(args.batches)})
     data = out / "data"
     counts_file = out / "data_counts.json"
     if not counts_file.exists():
@@ -348,23 +399,29 @@ def main(argv: list[str] | None = None) -> None:
     epochs = budget(train_samples=counts["train"], largest_batch=max(args.batches),
                     min_steps=args.min_steps)
     cells = plan(args)
-    costs_file = out / "cell_seconds.json"
+    costs_file = out / "cell_seconds.json"  # OUT's own record, for absorb()
     costs = json.loads(costs_file.read_text()) if costs_file.exists() else {}
-    todo = [c for c in selected(cells, args) if not c.done_file(out).exists()]
-    done = sum(1 for c in cells if c.done_file(out).exists())
+    added = absorb(cells, ledger, out=out, costs=costs)
+    if added:
+        print(f"[curve] added to the ledger from {out}: {', '.join(added)}", flush=True)
+        write_json(ledger_path, ledger)
+    done = ledger["cells"]
+    todo = [c for c in selected(cells, args) if c.name not in done]
     print(f"[curve] {counts['train']} training images, {epochs} epochs per run; "
-          f"{done}/{len(cells)} cells done, {len(todo)} selected to run", flush=True)
+          f"{sum(c.name in done for c in cells)}/{len(cells)} cells done (ledger "
+          f"{ledger_path}), {len(todo)} selected to run", flush=True)
+    results = {name: entry["result"] for name, entry in done.items()}
     if args.plan:
         for cell in selected(cells, args):
-            argv_ = command(cell, args, out=out, data=data, epochs=epochs)
-            state = "done" if cell.done_file(out).exists() else "todo"
+            argv_ = command(cell, args, out=out, data=data, epochs=epochs, results=results)
+            state = "done" if cell.name in done else "todo"
             print(f"{state} {cell.name}: " + (" ".join(argv_[1:]) if argv_ else "(after its sweep)"))
         return
     started = 0
     for cell in todo:
         if args.max_cells is not None and started >= args.max_cells:
             break
-        argv_ = command(cell, args, out=out, data=data, epochs=epochs)
+        argv_ = command(cell, args, out=out, data=data, epochs=epochs, results=results)
         if argv_ is None:
             print(f"[curve] {cell.name}: its sweep is not done, skipped", flush=True)
             continue
@@ -372,13 +429,15 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[curve] {cell.name} ({started}/{len(todo)} this sitting) ...", flush=True)
         costs[cell.name] = run_cell(cell, argv_, out=out)
         write_json(costs_file, costs)
-        result = cell_result(cell, out)
+        done[cell.name] = record(cell, out=out, seconds=costs[cell.name])
+        write_json(ledger_path, ledger)
+        results[cell.name] = result = done[cell.name]["result"]
         what = (f"best lr {result['best']['lr']:.4g}, warmup {result['best']['warmup_epochs']:g}"
                 if cell.kind == "sweep" else f"val_top1 {result['val_top1']:.4f}")
         print(f"[curve] {cell.name}: {what} in {costs[cell.name]:.0f} s", flush=True)
-        report(cells, out=out, args=args, epochs=epochs, train_samples=counts["train"],
-               costs=costs)
-    report(cells, out=out, args=args, epochs=epochs, train_samples=counts["train"], costs=costs)
+        report(cells, ledger=ledger, out=out, args=args, epochs=epochs,
+               train_samples=counts["train"])
+    report(cells, ledger=ledger, out=out, args=args, epochs=epochs, train_samples=counts["train"])
 
 
 if __name__ == "__main__":

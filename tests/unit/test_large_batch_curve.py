@@ -1,7 +1,8 @@
 """benchmarks/large_batch_curve.py's bookkeeping: the grid, the shared epoch budget, the
-commands a tuned cell runs, and that a rerun reuses the finished cells. A finished cell is
-its done file, with the fields the script reads from launch/tune.py's tune_summary.json and
-launch/run.py's summary.json, so nothing trains."""
+commands a tuned cell runs, and that a rerun reuses the finished cells, from OUT's run
+folders or from the ledger alone. A finished cell is its done file, with the fields the
+script reads from launch/tune.py's tune_summary.json and launch/run.py's summary.json, so
+nothing trains."""
 
 import json
 import sys
@@ -52,10 +53,11 @@ def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_set
         for seed, top in enumerate(tops):
             _run_done(out / f"train/sgd_b{batch}_s{seed}", best=top)
 
+    ledger = tmp_path / "cells.json"
     # Every train cell selected: the SGD ones are done, the LARS ones wait for their sweep.
-    curve.main(["--out", str(out), *GRID, "--cells", "train/*"])
+    curve.main(["--out", str(out), "--ledger", str(ledger), *GRID, "--cells", "train/*"])
     printed = capsys.readouterr().out
-    assert "30 epochs per run; 6/20 cells done, 4 selected to run" in printed
+    assert f"30 epochs per run; 6/20 cells done (ledger {ledger}), 4 selected to run" in printed
     assert printed.count("its sweep is not done, skipped") == 4
     assert not list(out.rglob("command.log")), "a finished or untuned cell was started"
 
@@ -69,10 +71,55 @@ def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_set
     assert (out / "large_batch_curve.png").exists()
 
     # The plan of a tuned cell: the sweep's LR, its warmup scaled from 10 to 30 epochs.
-    curve.main(["--out", str(out), *GRID, "--cells", "train/sgd_b64_s1", "--plan"])
+    curve.main(["--out", str(out), "--ledger", str(ledger), *GRID, "--cells",
+                "train/sgd_b64_s1", "--plan"])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("done train/sgd_b64_s1: ")
     assert "trainer.epochs=30 trainer.seed=1 optim.lr=0.3 optim.warmup_epochs=3" in line
+
+
+def test_the_ledger_alone_carries_the_finished_cells_to_a_new_machine_of_the_same_grid(
+        tmp_path, capsys):
+    ledger = tmp_path / "cells.json"
+    first = tmp_path / "first"
+    (first / "data").mkdir(parents=True)
+    (first / "data_counts.json").write_text(json.dumps({"train": 2560, "val": 360}))
+    (first / "cell_seconds.json").write_text(json.dumps({"sweep/sgd_b64": 60.0}))
+    _sweep_done(first / "sweep/sgd_b64", lr=0.3, warmup=1.0)
+    _run_done(first / "train/sgd_b64_s0", best=0.95)
+    curve.main(["--out", str(first), "--ledger", str(ledger), *GRID, "--plan"])
+    assert ("added to the ledger from " f"{first}: sweep/sgd_b64, train/sgd_b64_s0"
+            in capsys.readouterr().out)
+    entries = json.loads(ledger.read_text())["cells"]
+    assert entries["sweep/sgd_b64"]["seconds"] == 60.0
+    assert entries["train/sgd_b64_s0"]["seconds"] is None  # OUT had not timed it
+    assert entries["train/sgd_b64_s0"]["result"]["best_val_top1"] == 0.95
+    report = (first / "large_batch_curve.md")
+    assert not report.exists(), "--plan runs nothing and reports nothing"
+
+    # A new machine: an OUT with the data and none of the run folders.
+    second = tmp_path / "second"
+    (second / "data").mkdir(parents=True)
+    (second / "data_counts.json").write_text(json.dumps({"train": 2560, "val": 360}))
+    entries["train/sgd_b64_s0"]["from"] = "record: a note"
+    ledger.write_text(json.dumps({**json.loads(ledger.read_text()), "cells": entries}))
+    curve.main(["--out", str(second), "--ledger", str(ledger), *GRID, "--cells", "train/lars*"])
+    printed = capsys.readouterr().out
+    assert "2/20 cells done" in printed
+    report = (second / "large_batch_curve.md").read_text()
+    assert "| sgd | 64 | 1200 | 0.3 | 3 | 3 (12) | 0.9450 ± 0.0000 (n=1) | 0.9500 ± 0.0000 (n=1) |" in report
+    assert "1 cells are transcribed from an earlier record" in report
+    curve.main(["--out", str(second), "--ledger", str(ledger), *GRID, "--cells",
+                "train/sgd_b64_s1", "--plan"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("todo train/sgd_b64_s1: ")
+    assert "optim.lr=0.3 optim.warmup_epochs=3" in line
+
+    # Another grid's cells are refused before any data is written.
+    third = tmp_path / "third"
+    with pytest.raises(SystemExit, match=r"another grid \(\{'image_size': "):
+        curve.main(["--out", str(third), "--ledger", str(ledger), *GRID, "--image-size", "8"])
+    assert not third.exists()
 
 
 def test_time_left_counts_the_unfinished_cells_at_the_mean_cost_of_each_kind():
