@@ -281,22 +281,40 @@ def report(cells: list[Cell], *, ledger: dict, out: Path, args, epochs: int,
 
 
 def time_left(cells: list[Cell], *, results: dict, costs: dict) -> str:
-    """The cells not done, timed at the mean measured cost of a sweep and of a training run
-    (an ablation is one): an estimate that takes a batch not yet timed to cost what the
-    timed ones did (a sweep took 34-37 min at both batch 1024 and 4096)."""
+    """The cells not done, each timed at the mean measured cost of its kind (a sweep, or a
+    training run: an ablation is one) at its batch. A batch not yet timed for that kind
+    takes the nearest timed batch's cost, the smaller one on a tie: an underestimate for a
+    smaller batch, which runs the same images in more, less efficient steps (a sweep took
+    36 min at batches 1024 and 4096, 63 min at 256)."""
     left = [c for c in cells if not results.get(c.name)]
     if not left:
         return "cells left: none"
-    timed = {"sweep": [v for k, v in costs.items() if k.startswith("sweep/")],
-             "run": [v for k, v in costs.items() if not k.startswith("sweep/")]}
-    mean = {kind: statistics.mean(v) if v else None for kind, v in timed.items()}
-    kinds = ["sweep" if c.kind == "sweep" else "run" for c in left]
-    if any(mean[k] is None for k in kinds):
+
+    def kind(cell):
+        return "sweep" if cell.kind == "sweep" else "run"
+
+    timed: dict[str, dict[int, list[float]]] = {"sweep": {}, "run": {}}
+    for cell in cells:
+        if cell.name in costs:
+            timed[kind(cell)].setdefault(cell.batch, []).append(costs[cell.name])
+    if any(not timed[kind(c)] for c in left):
         return f"cells left: {len(left)}; not timed until a sweep and a run have been"
-    hours = sum(mean[k] for k in kinds) / 3600
-    return (f"cells left: {len(left)} ({kinds.count('sweep')} sweeps, {kinds.count('run')} runs); "
-            f"at the mean cost of those timed (sweep {mean['sweep'] / 60:.0f} min, run "
-            f"{mean['run'] / 60:.0f} min), about {hours:.1f} h more")
+
+    def cost(cell):
+        batches = timed[kind(cell)]
+        nearest = min(batches, key=lambda b: (abs(math.log2(b / cell.batch)), b))
+        return statistics.mean(batches[nearest])
+
+    kinds = [kind(c) for c in left]
+    hours = sum(cost(c) for c in left) / 3600
+    means = "; ".join(f"{k} " + ", ".join(f"{b}: {statistics.mean(v) / 60:.0f}"
+                                          for b, v in sorted(timed[k].items()))
+                      for k in ("sweep", "run"))
+    untimed = sorted({(kind(c), c.batch) for c in left if c.batch not in timed[kind(c)]})
+    return (f"cells left: {len(left)} ({kinds.count('sweep')} sweeps, {kinds.count('run')} "
+            f"runs); at the mean cost of those timed at each batch (min: {means})"
+            + (f"; {', '.join(f'{k} {b}' for k, b in untimed)} at the nearest timed batch's"
+               if untimed else "") + f": about {hours:.1f} h more")
 
 
 def claims(results: dict, *, args) -> list[str]:

@@ -122,16 +122,31 @@ def test_the_ledger_alone_carries_the_finished_cells_to_a_new_machine_of_the_sam
     assert not third.exists()
 
 
-def test_time_left_counts_the_unfinished_cells_at_the_mean_cost_of_each_kind():
-    args = curve.parse_args(["--out", "unused", *GRID])
-    cells = curve.plan(args)  # 4 sweeps, 16 runs (8 ablations); a sweep and 2 runs done
-    results = {name: {"val_top1": 0.9} for name in ("sweep/sgd_b64", "train/sgd_b64_s0",
-                                                  "train/sgd_b64_s1")}
-    costs = {"sweep/sgd_b64": 1800.0, "train/sgd_b64_s0": 600.0, "train/sgd_b64_s1": 1200.0}
-    # 3 sweeps x 30 min + 14 runs x 15 min = 5 h.
+def test_time_left_times_each_unfinished_cell_at_its_kinds_cost_at_the_nearest_timed_batch():
+    args = curve.parse_args(["--out", "unused", "--batches", "64", "256", "1024", "--seeds", "0"])
+    cells = curve.plan(args)  # 6 sweeps, 6 runs and 4 ablations at batch 1024
+    costs = {"sweep/sgd_b64": 1800.0, "train/sgd_b64_s0": 2400.0, "train/sgd_b1024_s0": 600.0}
+    results = {name: {"val_top1": 0.9} for name in costs}
+    # 5 sweeps at batch 64's 30 min; runs: batch 1024's 10 min for lars_b1024 and the 4
+    # ablations, batch 64's 40 min for lars_b64 and, a tie between 64 and 1024 taken at
+    # the smaller, for both runs at 256: 150 + 50 + 120 = 320 min.
     assert curve.time_left(cells, results=results, costs=costs) == (
-        "cells left: 17 (3 sweeps, 14 runs); at the mean cost of those timed "
-        "(sweep 30 min, run 15 min), about 5.0 h more")
+        "cells left: 13 (5 sweeps, 8 runs); at the mean cost of those timed at each batch "
+        "(min: sweep 64: 30; run 64: 40, 1024: 10); run 256, sweep 256, sweep 1024 at the "
+        "nearest timed batch's: about 5.3 h more")
+    # Two seeds of one cell average; a kind not timed at all gives no estimate.
+    args = curve.parse_args(["--out", "unused", *GRID])
+    cells = curve.plan(args)
+    costs = {"train/sgd_b64_s0": 600.0, "train/sgd_b64_s1": 1200.0}
+    assert curve.time_left(cells, results=costs, costs=costs) == (
+        "cells left: 18; not timed until a sweep and a run have been")
+    costs["sweep/sgd_b256"] = 1800.0
+    results = {name: {"val_top1": 0.9} for name in costs}
+    # 3 sweeps x 30 min + 14 runs x 15 min (the two seeds' mean, at batch 64) = 5 h.
+    assert curve.time_left(cells, results=results, costs=costs) == (
+        "cells left: 17 (3 sweeps, 14 runs); at the mean cost of those timed at each batch "
+        "(min: sweep 256: 30; run 64: 15); run 256, sweep 64 at the nearest timed "
+        "batch's: about 5.0 h more")
     done = {c.name: {"val_top1": 1.0} for c in cells}
     assert curve.time_left(cells, results=done, costs=costs) == "cells left: none"
 
