@@ -284,8 +284,8 @@ def time_left(cells: list[Cell], *, results: dict, costs: dict) -> str:
     """The cells not done, each timed at the mean measured cost of its kind (a sweep, or a
     training run: an ablation is one) at its batch. A batch not yet timed for that kind
     takes the nearest timed batch's cost, the smaller one on a tie: an underestimate for a
-    smaller batch, which runs the same images in more, less efficient steps (a sweep took
-    36 min at batches 1024 and 4096, 63 min at 256)."""
+    smaller batch, which runs the same images in more, less efficient steps (the measured
+    costs per batch are in BENCHMARKS.md)."""
     left = [c for c in cells if not results.get(c.name)]
     if not left:
         return "cells left: none"
