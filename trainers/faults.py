@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ class FaultInjector:
     CHECKPOINT_MARKER = ".checkpoint_fault_injected"
     KILL_MARKER = ".kill_fault_injected"
 
-    def __init__(self, config: DebugConfig, *, rank: int, run_dir: str | None):
-        self.config, self.rank = config, rank
+    def __init__(self, config: DebugConfig, *, rank: int, run_dir: str | None,
+                 before_crash: Callable[[], object] = lambda: None):
+        self.config, self.rank, self.before_crash = config, rank, before_crash
         self.run_dir = Path(run_dir) if run_dir else None
         self.armed = rank == 0 and self.run_dir is not None and (
             config.fail_at_step is not None or config.fail_in_checkpoint_epoch is not None
@@ -66,10 +68,12 @@ class FaultInjector:
                 self._wait_for_registered(previous)
                 print(f"[raylars] fault injected: killing rank 0 before global step "
                       f"{global_step} (debug.kill_at_step)", flush=True)
+                self.before_crash()  # the progress mark on disk: the lost steps count exactly
                 os.kill(os.getpid(), signal.SIGKILL)
         elif event == "checkpoint" and epoch == self.config.fail_in_checkpoint_epoch:
             if self._first_time(self.CHECKPOINT_MARKER):
                 self._wait_for_registered(previous)
+                self.before_crash()
                 crash_while_writing(state, path=self.run_dir / name / CHECKPOINT_FILE)
 
     def _wait_for_registered(self, wanted: str | None, *, timeout_s: float = 60.0) -> None:

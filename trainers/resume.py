@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +26,76 @@ PROGRESS_FILE = "progress.json"
 
 
 class ProgressMark:
+    """Rank 0's last finished global step, in `progress.json`. On a cluster the run
+    directory is shared storage, where a create, write, close and rename are each a round
+    trip to the file server: milliseconds that every rank would wait for at the next
+    allreduce. So `step_done` only hands the number to a writer thread and never touches
+    the file system; the thread writes the newest number it holds (steps that finish while
+    it writes are folded into the next write). A crash can lose the write in flight: the
+    mark then lags by the steps finished during one write, and a resume counts that many
+    fewer lost steps. `flush` waits until the newest step is on disk (the fault injector
+    does before its kill, so injected crashes count exactly)."""
+
     def __init__(self, *, run_dir: str | None, rank: int):
         self.path = Path(run_dir) / PROGRESS_FILE if run_dir is not None and rank == 0 else None
+        self._changed = threading.Condition()
+        self._newest: int | None = None
+        self._written: int | None = None
+        self._closing = False
+        self._warned = False
+        self._thread = None
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._write_newest, daemon=True,
+                                            name="raylars-progress-mark")
+            self._thread.start()
 
     def step_done(self, global_step: int) -> None:
-        if self.path is None:
+        if self._thread is None:
             return
+        with self._changed:
+            self._newest = global_step
+            self._changed.notify_all()
+
+    def flush(self, *, timeout_s: float = 30.0) -> bool:
+        """Wait (at most `timeout_s`: a hung file system is not waited on for ever) until
+        the newest step is written, or its write failed with the warning; False on the
+        timeout."""
+        if self._thread is None:
+            return True
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self._written == self._newest or not self._thread.is_alive(),
+                timeout=timeout_s) and self._written == self._newest
+
+    def close(self, *, timeout_s: float = 30.0) -> None:
+        """Write the newest step and stop the thread (bounded like `flush`)."""
+        if self._thread is None:
+            return
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join(timeout=timeout_s)
+
+    def _write_newest(self) -> None:
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({"global_step": global_step}))
-        os.replace(partial, self.path)
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._newest != self._written or self._closing)
+                if self._newest == self._written:
+                    return  # closing, and the newest step is written
+                step = self._newest
+            try:
+                partial.write_text(json.dumps({"global_step": step}))
+                os.replace(partial, self.path)
+            except OSError as e:
+                # The mark only sizes the work a resume redoes: training goes on without it.
+                if not self._warned:
+                    print(f"[raylars] warning: cannot write {self.path} ({e}); a resume "
+                          "will report its lost steps from the last mark written", flush=True)
+                    self._warned = True
+            with self._changed:
+                self._written = step
+                self._changed.notify_all()
 
 
 def last_progress(run_dir: str | None) -> int | None:

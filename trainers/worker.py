@@ -138,9 +138,10 @@ class Trainer:
             config.optim, epochs=trainer.epochs, steps_per_epoch=nominal_steps_per_epoch(
                 num_train=data.num_train, global_batch_size=trainer.global_batch_size,
                 max_steps=trainer.max_steps_per_epoch))
-        self.faults = FaultInjector(config.debug, rank=rank, run_dir=run_dir)
         # Rank 0's last finished step (work lost on a resume); sample ids per segment.
         self.progress_mark = ProgressMark(run_dir=run_dir, rank=rank)
+        self.faults = FaultInjector(config.debug, rank=rank, run_dir=run_dir,
+                                    before_crash=self.progress_mark.flush)
         self.samples = SampleRecord(run_dir=run_dir, rank=rank,
                                     enabled=config.data.record_sample_ids)
         self._last_checkpoint: str | None = None  # the name of the last one reported
@@ -409,6 +410,7 @@ class Trainer:
     def close(self) -> None:
         self.sync.close()
         self.progress.close()
+        self.progress_mark.close()
 
 
 def _micro_batches(size: int, micro: int | None) -> list[slice]:
