@@ -281,40 +281,55 @@ def report(cells: list[Cell], *, ledger: dict, out: Path, args, epochs: int,
 
 
 def time_left(cells: list[Cell], *, results: dict, costs: dict) -> str:
-    """The cells not done, each timed at the mean measured cost of its kind (a sweep, or a
-    training run: an ablation is one) at its batch. A batch not yet timed for that kind
-    takes the nearest timed batch's cost, the smaller one on a tie: an underestimate for a
-    smaller batch, which runs the same images in more, less efficient steps (the measured
-    costs per batch are in BENCHMARKS.md)."""
+    """The cells not done, each timed at the mean measured cost of its kind at its batch.
+    The kinds: a sweep; a training run in fp32 (an exclusion ablation is one); and a run in
+    each ablation's precision, whose kernels differ (fp16 has no native arithmetic on a CPU
+    and ran 6x slower than fp32 here; the measured costs are in BENCHMARKS.md). A precision
+    not yet timed takes the fp32 run's cost. A batch not yet timed for that kind takes the
+    nearest timed batch's cost, the smaller one on a tie: an underestimate for a smaller
+    batch, which runs the same images in more, less efficient steps."""
     left = [c for c in cells if not results.get(c.name)]
     if not left:
         return "cells left: none"
 
     def kind(cell):
-        return "sweep" if cell.kind == "sweep" else "run"
+        if cell.kind == "sweep":
+            return "sweep"
+        precision = next((o.split("=", 1)[1] for o in cell.extra if o.startswith("precision=")),
+                         "fp32")
+        return "run" if precision == "fp32" else f"{precision} run"
 
-    timed: dict[str, dict[int, list[float]]] = {"sweep": {}, "run": {}}
+    timed: dict[str, dict[int, list[float]]] = {}
     for cell in cells:
         if cell.name in costs:
-            timed[kind(cell)].setdefault(cell.batch, []).append(costs[cell.name])
-    if any(not timed[kind(c)] for c in left):
+            timed.setdefault(kind(cell), {}).setdefault(cell.batch, []).append(costs[cell.name])
+    if not (timed.get("sweep") and timed.get("run")):
         return f"cells left: {len(left)}; not timed until a sweep and a run have been"
 
+    def priced_as(cell):
+        return kind(cell) if kind(cell) in timed else "run"
+
     def cost(cell):
-        batches = timed[kind(cell)]
+        batches = timed[priced_as(cell)]
         nearest = min(batches, key=lambda b: (abs(math.log2(b / cell.batch)), b))
         return statistics.mean(batches[nearest])
 
-    kinds = [kind(c) for c in left]
     hours = sum(cost(c) for c in left) / 3600
     means = "; ".join(f"{k} " + ", ".join(f"{b}: {statistics.mean(v) / 60:.0f}"
                                           for b, v in sorted(timed[k].items()))
-                      for k in ("sweep", "run"))
-    untimed = sorted({(kind(c), c.batch) for c in left if c.batch not in timed[kind(c)]})
-    return (f"cells left: {len(left)} ({kinds.count('sweep')} sweeps, {kinds.count('run')} "
-            f"runs); at the mean cost of those timed at each batch (min: {means})"
+                      for k in ("sweep", "run", *sorted(set(timed) - {"sweep", "run"})))
+    untimed = sorted({(kind(c), c.batch) for c in left
+                      if kind(c) in timed and c.batch not in timed[kind(c)]})
+    as_fp32 = sorted({kind(c) for c in left if kind(c) not in timed})
+    sweeps = sum(c.kind == "sweep" for c in left)
+    runs = len(left) - sweeps
+    return (f"cells left: {len(left)} ({sweeps} sweep{'s' * (sweeps != 1)}, {runs} "
+            f"run{'s' * (runs != 1)}); at the mean cost of those timed at each batch "
+            f"(min: {means})"
             + (f"; {', '.join(f'{k} {b}' for k, b in untimed)} at the nearest timed batch's"
-               if untimed else "") + f": about {hours:.1f} h more")
+               if untimed else "")
+            + (f"; {', '.join(as_fp32)} at the fp32 run's" if as_fp32 else "")
+            + f": about {hours:.1f} h more")
 
 
 def claims(results: dict, *, args) -> list[str]:

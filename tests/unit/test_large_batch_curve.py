@@ -133,7 +133,20 @@ def test_time_left_times_each_unfinished_cell_at_its_kinds_cost_at_the_nearest_t
     assert curve.time_left(cells, results=results, costs=costs) == (
         "cells left: 13 (5 sweeps, 8 runs); at the mean cost of those timed at each batch "
         "(min: sweep 64: 30; run 64: 40, 1024: 10); run 256, sweep 256, sweep 1024 at the "
-        "nearest timed batch's: about 5.3 h more")
+        "nearest timed batch's; bf16 run, fp16 run, fp16_pure run at the fp32 run's: "
+        "about 5.3 h more")
+    # A precision's own timing prices its cells and stays out of the fp32 runs' mean:
+    # 3 sweeps x 30 + runs 40 + 10 + 2 x 40 + 2 x 10 + bf16, fp16_pure and no_exclusion
+    # 2 x 10 each + fp16 100 = 400 min.
+    args = curve.parse_args(["--out", "unused", "--batches", "64", "1024", "--seeds", "0", "1"])
+    cells = curve.plan(args)
+    costs = {"sweep/sgd_b64": 1800.0, "train/sgd_b64_s0": 2400.0, "train/sgd_b1024_s0": 600.0,
+             "ablation/fp16_s0": 6000.0}
+    results = {name: {"val_top1": 0.9} for name in costs}
+    assert curve.time_left(cells, results=results, costs=costs) == (
+        "cells left: 16 (3 sweeps, 13 runs); at the mean cost of those timed at each batch "
+        "(min: sweep 64: 30; run 64: 40, 1024: 10; fp16 run 1024: 100); sweep 1024 at the "
+        "nearest timed batch's; bf16 run, fp16_pure run at the fp32 run's: about 6.7 h more")
     # Two seeds of one cell average; a kind not timed at all gives no estimate.
     args = curve.parse_args(["--out", "unused", *GRID])
     cells = curve.plan(args)
@@ -146,7 +159,7 @@ def test_time_left_times_each_unfinished_cell_at_its_kinds_cost_at_the_nearest_t
     assert curve.time_left(cells, results=results, costs=costs) == (
         "cells left: 17 (3 sweeps, 14 runs); at the mean cost of those timed at each batch "
         "(min: sweep 256: 30; run 64: 15); run 256, sweep 64 at the nearest timed "
-        "batch's: about 5.0 h more")
+        "batch's; bf16 run, fp16 run, fp16_pure run at the fp32 run's: about 5.0 h more")
     done = {c.name: {"val_top1": 1.0} for c in cells}
     assert curve.time_left(cells, results=done, costs=costs) == "cells left: none"
 
