@@ -284,7 +284,7 @@ def time_left(cells: list[Cell], *, results: dict, costs: dict) -> str:
     """The cells not done, each timed at the mean measured cost of its kind at its batch.
     The kinds: a sweep; a training run in fp32 (an exclusion ablation is one); and a run in
     each ablation's precision, whose kernels differ (fp16 has no native arithmetic on a CPU
-    and ran 6x slower than fp32 here; the measured costs are in BENCHMARKS.md). A precision
+    and ran 5x slower than fp32 here; the measured costs are in BENCHMARKS.md). A precision
     not yet timed takes the fp32 run's cost. A batch not yet timed for that kind takes the
     nearest timed batch's cost, the smaller one on a tie: an underestimate for a smaller
     batch, which runs the same images in more, less efficient steps."""
