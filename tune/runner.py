@@ -18,10 +18,22 @@ from pathlib import Path
 from ray.tune import Callback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
+from job.restarts import read_restarts
 from tune.config import SweepConfig
 from tune.progress import SweepClock
 
 METRIC = "val_top1"
+
+# What a trial function holds. It only drives a TorchTrainer whose workers hold the real
+# CPUs: Tune rejects an empty request, and a token CPU share (0.01) would leave 0.99 CPU
+# on a node where Ray Data's 1-CPU tasks then never fit, so it asks for a little memory.
+# And a sliver of the head node's own resource (as Ray Train pins its state actor): Train
+# pins the run's controller to the node its driver, the trial function, runs on, so a
+# trial on a worker node dies with that node, and a spot node's preemption would fail the
+# trial instead of restarting its workers from their checkpoint elsewhere. Without it Ray
+# may still place the trial on the head, but nothing makes it.
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 64 * 1024**2, HEAD_NODE_RESOURCE: 0.001}
 
 
 @dataclass(frozen=True)
@@ -117,10 +129,7 @@ def run_stage(plan: StagePlan, *, config: SweepConfig, storage: Path,
     # Decided here, on the driver, which knows the embedded cluster's real CPUs.
     trainable = tune.with_parameters(trial_fn, base=config, starts=starts,
                                      in_workers=preprocess_in_workers(config))
-    # The trial function only drives a TorchTrainer whose workers hold the real CPUs. Tune
-    # rejects an empty request, and a token CPU share (0.01) would leave 0.99 CPU on a node
-    # where Ray Data's 1-CPU tasks then never fit; so it asks for a little memory instead.
-    trainable = tune.with_resources(trainable, {"CPU": 0, "memory": 64 * 1024**2})
+    trainable = tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
     path = storage / plan.name
     if tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(str(path), trainable=trainable)
@@ -170,6 +179,10 @@ def trial_record(result, *, epochs: int, starts: dict[str, dict]) -> dict:
         "error": _error_line(result.error) if result.error is not None else None,
         # Where a later stage can continue this run (TuneReportCallback forwards the path).
         "checkpoint": metrics.get(CHECKPOINT_PATH_KEY),
+        # Why Train restarted the trial's worker group, if it did (failure, preemption).
+        "restarts": [event["reason"] for event in
+                     read_restarts(Path(result.path) / "train")["restart_events"]
+                     if event["reason"] != "start"],
     }
 
 

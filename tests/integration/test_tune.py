@@ -84,3 +84,64 @@ def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, t
     points = {(t["lr"], t["warmup_epochs"]): t for s in summary["stages"] for t in s["trials"]}
     assert summary["total_trial_epochs"] == sum(t["error"] is None for t in points.values())
     assert summary["leaked_cpus"] == 0
+
+
+def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head(
+        ray_cluster, labelled_nodes, tmp_path):
+    """A real drain (preemption reason, deadline) of the node a trial's workers run on.
+    The workers checkpoint at the notice, and Train restarts them on the node that is
+    left. The trial finishes and records the preemption. Its driver and Train controller
+    ran on the head node, which the drain could not take."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+    from ray.util.state import list_actors
+    from test_elastic import Background, wait_for
+
+    def trained_steps() -> int:
+        files = list(tmp_path.glob("exhaustive/*/train/progress.json"))
+        try:
+            return json.loads(files[0].read_text())["global_step"] if files else 0
+        except (OSError, ValueError):
+            return 0
+
+    add_node, _ = labelled_nodes
+    spot = add_node("127.0.0.8", resource="raylars_spot")
+    # One trial, long enough that the deadline comes before its end (as in test_resume's
+    # preemption test); max_failures=0: only the preemption budget may restart it.
+    epochs = 30
+    sweep = compose_sweep([
+        "tune.name=exhaustive", "tune.lr_min=10", "tune.lr_max=10", "tune.warmup_epochs=[0]",
+        "optim.warmup_epochs=0", f"trainer.epochs={epochs}", "trainer.preemption_check_steps=2",
+        "trainer.max_failures=0", f"trainer.num_checkpoints_to_keep={epochs + 2}",
+        "+trainer.worker_resources.raylars_spot=1", f"run.output_dir={tmp_path}"])
+    sweeping = Background(lambda: run_tune_sweep(sweep))
+    wait_for(lambda: sweeping.done or trained_steps() >= 4, timeout_s=300,
+             what="the trial's first training steps")
+    # Pinned to the head, not put there by chance (unpinned, Ray put it there here too):
+    # the running trial's placement group asks for the head's own resource.
+    job = ray.get_runtime_context().get_job_id()
+    alive = list_actors(filters=[("state", "=", "ALIVE"), ("job_id", "=", job)], detail=True,
+                        limit=10_000)
+    # Tune's actor for a function trainable (class name `wrap_function.<locals>.ImplicitFunc`).
+    (driver,) = [actor for actor in alive if actor.class_name.endswith("ImplicitFunc")]
+    bundle = ray.util.placement_group_table()[driver.placement_group_id]["bundles"][0]
+    assert bundle.get("node:__internal_head__", 0) > 0, bundle
+    add_node("127.0.0.9", resource="raylars_spot")  # where the restarted group can go
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
+                    f"--address={ray_cluster}", f"--node-id={spot.node_id}",
+                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
+                    "--deadline-remaining-seconds=25"],
+                   check=True, env=os.environ, timeout=60)
+    summary = sweeping.join()
+    (trial,) = summary["stages"][0]["trials"]
+    assert trial["error"] is None and trial["epochs_run"] == epochs, trial
+    assert trial["restarts"] == ["preemption"], trial
+    # The trial's Train controller sits where its driver (the trial function) ran.
+    head = next(node["NodeID"] for node in ray.nodes()
+                if "node:__internal_head__" in node["Resources"])
+    controllers = list_actors(filters=[("class_name", "=", "TrainController"), ("job_id", "=", job)],
+                              limit=10_000, raise_on_missing_output=False)
+    assert controllers and {actor.node_id for actor in controllers} == {head}, controllers
