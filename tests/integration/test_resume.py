@@ -38,6 +38,15 @@ def assert_each_sample_once(run_dirs: list[Path], *, epochs: int) -> None:
         assert len(np.unique(seen)) == len(seen), f"epoch {epoch}: a sample trained twice"
 
 
+def preempt(address: str, node, *, deadline_s: int) -> None:
+    """Drain `node` as a spot reclaim does: a preemption reason and a deadline."""
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
+                    f"--address={address}", f"--node-id={node.node_id}",
+                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
+                    f"--deadline-remaining-seconds={deadline_s}"],
+                   check=True, env=os.environ, timeout=60)
+
+
 def test_worker_killed_mid_epoch_resumes_at_its_step_bit_identically(ray_cluster, tmp_path):
     every = ["trainer.checkpoint_every_steps=5"]
     # Killed (SIGKILL, rank 0) before global step 28: epoch 2, step 6; the last checkpoint
@@ -113,11 +122,7 @@ def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
     wait_for(lambda: training.done or last_step(tmp_path) >= 4, timeout_s=300,
              what="the first training steps")
     add_node("127.0.0.7", resource="raylars_spot")  # where the restarted group can go
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
-                    f"--address={ray_cluster}", f"--node-id={spot.node_id}",
-                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
-                    f"--deadline-remaining-seconds={deadline_s}"],
-                   check=True, env=os.environ, timeout=60)
+    preempt(ray_cluster, spot, deadline_s=deadline_s)
     summary = training.join()
     assert len(summary["restart_events"]) == 2, summary["restart_events"]
     restart = summary["restart_events"][1]

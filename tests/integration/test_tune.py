@@ -92,20 +92,12 @@ def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head
     The workers checkpoint at the notice, and Train restarts them on the node that is
     left. The trial finishes and records the preemption. Its driver and Train controller
     ran on the head node, which the drain could not take."""
-    import os
-    import subprocess
-    import sys
-
     import ray
     from ray.util.state import list_actors
     from test_elastic import Background, wait_for
+    from test_resume import last_step, preempt
 
-    def trained_steps() -> int:
-        files = list(tmp_path.glob("exhaustive/*/train/progress.json"))
-        try:
-            return json.loads(files[0].read_text())["global_step"] if files else 0
-        except (OSError, ValueError):
-            return 0
+    from tune.runner import HEAD_NODE_RESOURCE
 
     add_node, _ = labelled_nodes
     spot = add_node("127.0.0.8", resource="raylars_spot")
@@ -118,7 +110,9 @@ def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head
         "trainer.max_failures=0", f"trainer.num_checkpoints_to_keep={epochs + 2}",
         "+trainer.worker_resources.raylars_spot=1", f"run.output_dir={tmp_path}"])
     sweeping = Background(lambda: run_tune_sweep(sweep))
-    wait_for(lambda: sweeping.done or trained_steps() >= 4, timeout_s=300,
+    wait_for(lambda: sweeping.done or any(last_step(trial) >= 4
+                                          for trial in tmp_path.glob("exhaustive/*")),
+             timeout_s=300,
              what="the trial's first training steps")
     # Pinned to the head, not put there by chance (unpinned, Ray put it there here too):
     # the running trial's placement group asks for the head's own resource.
@@ -128,20 +122,17 @@ def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head
     # Tune's actor for a function trainable (class name `wrap_function.<locals>.ImplicitFunc`).
     (driver,) = [actor for actor in alive if actor.class_name.endswith("ImplicitFunc")]
     bundle = ray.util.placement_group_table()[driver.placement_group_id]["bundles"][0]
-    assert bundle.get("node:__internal_head__", 0) > 0, bundle
+    assert bundle.get(HEAD_NODE_RESOURCE, 0) > 0, bundle
     add_node("127.0.0.9", resource="raylars_spot")  # where the restarted group can go
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
-                    f"--address={ray_cluster}", f"--node-id={spot.node_id}",
-                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
-                    "--deadline-remaining-seconds=25"],
-                   check=True, env=os.environ, timeout=60)
+    preempt(ray_cluster, spot, deadline_s=25)
     summary = sweeping.join()
     (trial,) = summary["stages"][0]["trials"]
     assert trial["error"] is None and trial["epochs_run"] == epochs, trial
     assert trial["restarts"] == ["preemption"], trial
     # The trial's Train controller sits where its driver (the trial function) ran.
     head = next(node["NodeID"] for node in ray.nodes()
-                if "node:__internal_head__" in node["Resources"])
-    controllers = list_actors(filters=[("class_name", "=", "TrainController"), ("job_id", "=", job)],
-                              limit=10_000, raise_on_missing_output=False)
+                if HEAD_NODE_RESOURCE in node["Resources"])
+    controllers = list_actors(
+        filters=[("class_name", "=", "TrainController"), ("job_id", "=", job)],
+        limit=10_000, raise_on_missing_output=False)
     assert controllers and {actor.node_id for actor in controllers} == {head}, controllers
