@@ -28,13 +28,14 @@ PROGRESS_FILE = "progress.json"
 class ProgressMark:
     """Rank 0's last finished global step, in `progress.json`. On a cluster the run
     directory is shared storage, where a create, write, close and rename are each a round
-    trip to the file server, which every rank would wait for at the next allreduce (on
-    this machine's local disk the write alone took 0.26 ms a step). So `step_done` only
-    hands the number to a writer thread and never touches the file system; the thread
-    writes the newest number it holds (steps that finish while it writes are folded into
-    the next write). A crash can lose the write in flight: the mark then lags by the steps
-    finished during one write, and a resume counts that many fewer lost steps. `flush` waits until the newest step is on disk (the fault injector
-    does before its kill, so injected crashes count exactly)."""
+    trip to the file server, which every rank would wait for at the next allreduce (on this
+    machine's local disk the write alone took 0.26 ms a step). So `step_done` only hands the
+    number to a writer thread and never touches the file system; the thread writes the
+    newest number it holds (steps that finish while it writes are folded into the next
+    write). A crash can lose the write in flight: the mark then lags by the steps finished
+    during one write, and a resume counts that many fewer lost steps. `flush` waits until
+    the newest step is on disk (the fault injector does before its kill, so injected crashes
+    count exactly)."""
 
     def __init__(self, *, run_dir: str | None, rank: int):
         self.path = Path(run_dir) / PROGRESS_FILE if run_dir is not None and rank == 0 else None
