@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune import Callback
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from job.restarts import read_restarts
 from tune.config import SweepConfig
@@ -53,12 +53,23 @@ def point_key(trial: dict) -> str:
     return f"{trial['lr']:.6g}/{trial['warmup_epochs']:g}"
 
 
+class EpochResults(TuneReportCallback):
+    """Forwards the trial's epoch reports to Tune and keeps its mid-epoch checkpoints
+    (`trainer.checkpoint_every_steps`, a preemption notice) with Train. Each Tune result
+    is one epoch (ASHA counts epochs); and one written before the first epoch ends has no
+    val_top1 yet, which Tune's strict metric check turns into a failed trial. Train still
+    restores its workers from those checkpoints."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if "checkpoint_reason" not in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
 def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict],
              in_workers: bool) -> None:
     """One Tune trial: train `base` with the trial's LR and warmup on Ray Train, from the
     checkpoint an earlier stage left at this point if there is one."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from ingest import build_datasets
     from job.trainer import build_trainer
@@ -75,7 +86,7 @@ def trial_fn(params: dict, *, base: SweepConfig, starts: dict[str, dict],
     datasets, info = build_datasets(config.data, seed=config.trainer.seed,
                                     in_workers=in_workers)
     trainer = build_trainer(config, datasets=datasets, info=info, run_dir=trial_dir / "train",
-                            callbacks=[TuneReportCallback()])
+                            callbacks=[EpochResults()])
     trainer.fit()
 
 

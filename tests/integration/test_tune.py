@@ -67,10 +67,14 @@ def test_two_stage_sweep_survives_a_nan_trial_and_restores(ray_cluster, tmp_path
 
 def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, tmp_path):
     # One coarse LR (the range is a single point) x 2 warmups keeps it to 4-5 trials.
+    # A step checkpoint halfway through the only epoch (16 steps) has no val_top1 yet: it
+    # stays with Train, where Tune would fail the trial for its missing metric.
     sweep = ["trainer.epochs=1", "optim.warmup_epochs=0", "tune.lr_min=10", "tune.lr_max=10",
-             "tune.warmup_epochs=[0,0.5]",
+             "tune.warmup_epochs=[0,0.5]", "trainer.checkpoint_every_steps=8",
              "tune.fine_points=3", "tune.fine_shape=cross", f"run.output_dir={tmp_path}"]
     summary = run_tune_sweep(compose_sweep(sweep))
+    assert list(tmp_path.glob("coarse/*/train/checkpoint_step_00000008")), \
+        sorted(tmp_path.glob("coarse/*/train/*"))
     coarse, fine, warmup = summary["stages"]
     assert [s["name"] for s in summary["stages"]] == ["coarse", "fine", "fine_warmup"]
     best = coarse["best"]
