@@ -109,15 +109,8 @@ class Trainer:
         trainer = config.trainer
         torch.manual_seed(trainer.seed)
         self.precision = Precision(config.precision, device_type=device.type)
-        self.model = self.precision.prepare(build_model(
-            name=config.model.name, num_classes=data.num_classes,
-            in_channels=data.in_channels, image_size=config.data.image_size).to(device))
-        # cuDNN autotuning/TF32 on CUDA, channels_last (null: on for CUDA), torch.compile;
-        # before the optimizer state and the sync's buffers are made from the parameters.
         self.channels_last = resolve_channels_last(trainer.channels_last, device=device)
-        self.model = configure_for_speed(self.model, device=device,
-                                         channels_last=self.channels_last,
-                                         compile=trainer.compile)
+        self.model = self._build_model(data)
         self.optimizer = build_optimizer(config.optim, model=self.model,
                                          upcast=self.precision.upcast_update)
         self.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.optim.label_smoothing)
@@ -134,10 +127,8 @@ class Trainer:
             steps_per_epoch(num_train=data.num_train, **batch,
                             max_steps=trainer.max_steps_per_epoch))
         # The schedule follows the global step on a world-independent epoch length.
-        self.schedule = WarmupPolySchedule.from_config(
-            config.optim, epochs=trainer.epochs, steps_per_epoch=nominal_steps_per_epoch(
-                num_train=data.num_train, global_batch_size=trainer.global_batch_size,
-                max_steps=trainer.max_steps_per_epoch))
+        self.schedule = WarmupPolySchedule.from_config(config.optim, epochs=trainer.epochs,
+                                                       steps_per_epoch=nominal)
         # Rank 0's last finished step (work lost on a resume); sample ids per segment.
         self.progress_mark = ProgressMark(run_dir=run_dir, rank=rank)
         self.faults = FaultInjector(config.debug, rank=rank, run_dir=run_dir,
@@ -165,6 +156,17 @@ class Trainer:
             state=self.state, config=trainer, steps_per_epoch=self.steps_per_epoch, rank=rank,
             device=device, all_reduce_sum=self.sync.all_reduce_sum, lr_at=self.schedule,
             loss_scale=lambda: self.precision.loss_scale, run_dir=run_dir)
+
+    def _build_model(self, data: DataFeed) -> torch.nn.Module:
+        """The model, on the device in its precision, set up for speed (cuDNN autotuning
+        and TF32 on CUDA, channels_last, torch.compile): before the optimizer state and the
+        sync's buffers are made from its parameters."""
+        config = self.config
+        model = self.precision.prepare(build_model(
+            name=config.model.name, num_classes=data.num_classes,
+            in_channels=data.in_channels, image_size=config.data.image_size).to(self.device))
+        return configure_for_speed(model, device=self.device, channels_last=self.channels_last,
+                                   compile=config.trainer.compile)
 
     # ---- one step ------------------------------------------------------------------
     def inputs(self, images_u8: torch.Tensor) -> torch.Tensor:
