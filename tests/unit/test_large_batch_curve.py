@@ -41,6 +41,24 @@ def test_the_default_grid_has_every_cell_the_issue_names():
                                         "train/lars_b4096_s2"]
 
 
+def test_fp16_pure_is_below_only_when_no_seed_reaches_fp32s_lowest():
+    args = curve.parse_args(["--out", "unused", "--batches", "64", "256",
+                             "--seeds", "0", "1", "2"])
+    fp32 = {f"train/lars_b256_s{s}": {"best_val_top1": top}
+            for s, top in enumerate((0.99, 1.0, 1.0))}
+
+    def verdict(*tops):
+        pure = {f"ablation/fp16_pure_s{s}": {"best_val_top1": t} for s, t in enumerate(tops)}
+        (line,) = [x for x in curve.claims({**fp32, **pure}, args=args) if "fp16_pure" in x]
+        return line
+
+    # Means 0.9967 and 0.97: 2.7 points apart, more than the two half-ranges (0.5 + 1.5),
+    # but fp16_pure's best seed reaches fp32's lowest (0.99): the spreads touch.
+    goal = "(goal: every seed below fp32's lowest"
+    assert verdict(0.96, 0.96, 0.99).endswith(f"-2.7 {goal}: does not hold)")
+    assert verdict(0.96, 0.96, 0.985).endswith(f"-2.8 {goal}: holds)")
+
+
 def test_a_rerun_reuses_finished_cells_and_runs_a_tuned_cell_with_its_sweeps_setting(
         tmp_path, capsys):
     out = tmp_path / "curve"
