@@ -1,6 +1,6 @@
 """Runs a sweep as Ray Tune stages. Every trial is one distributed training run: the
 same TorchTrainer as `launch/run.py`, started from a Tune trial function, with Train's
-metrics forwarded to Tune by TuneReportCallback (the Train V2 + Tune pattern).
+epoch metrics forwarded to Tune by a TuneReportCallback (the Train V2 + Tune pattern).
 
 Stages run one after another, each a Tuner stored under `<output_dir>/<stage>`, so a
 rerun with the same output directory restores finished stages instead of repeating them.
