@@ -73,8 +73,6 @@ def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, t
              "tune.warmup_epochs=[0,0.5]", "trainer.checkpoint_every_steps=8",
              "tune.fine_points=3", "tune.fine_shape=cross", f"run.output_dir={tmp_path}"]
     summary = run_tune_sweep(compose_sweep(sweep))
-    assert list(tmp_path.glob("coarse/*/train/checkpoint_step_00000008")), \
-        sorted(tmp_path.glob("coarse/*/train/*"))
     coarse, fine, warmup = summary["stages"]
     assert [s["name"] for s in summary["stages"]] == ["coarse", "fine", "fine_warmup"]
     best = coarse["best"]
