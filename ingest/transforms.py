@@ -27,8 +27,10 @@ import math
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+
+# torchvision is imported in the functions that use it: Ray Train's controller imports this
+# module (it unpickles the run's data recipes) but never transforms an image, and
+# torchvision's import (about 1.5 s on 2 cores) would delay each worker group's start.
 
 # torchvision's default aspect-ratio range for random-resized-crop.
 CROP_RATIOS = (3 / 4, 4 / 3)
@@ -87,10 +89,12 @@ def crop_box(rng: np.random.Generator, *, height: int, width: int,
 
 def crop_flip(image: torch.Tensor, *, rng: np.random.Generator, size: int,
               min_scale: float) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
     top, left, h, w = crop_box(rng, height=image.shape[1], width=image.shape[2],
                                min_scale=min_scale)
     out = TF.resized_crop(image, top, left, h, w, [size, size],
-                          interpolation=InterpolationMode.BILINEAR, antialias=True)
+                          interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
     return TF.horizontal_flip(out) if rng.random() < 0.5 else out
 
 
@@ -107,18 +111,23 @@ def shift(image: torch.Tensor, *, rng: np.random.Generator, max_px: int) -> torc
 
 
 def resize_to(image: torch.Tensor, *, size: int) -> torch.Tensor:
+    from torchvision.transforms.v2 import functional as TF
+
     if tuple(image.shape[1:]) == (size, size):
         return image
-    return TF.resize(image, [size, size], interpolation=InterpolationMode.BILINEAR,
+    return TF.resize(image, [size, size], interpolation=TF.InterpolationMode.BILINEAR,
                      antialias=True)
 
 
 def center(image: torch.Tensor, *, size: int, crop_fraction: float) -> torch.Tensor:
     """Val: resize the short side to size / crop_fraction, then center-crop size."""
+    from torchvision.transforms.v2 import functional as TF
+
     if crop_fraction >= 1.0:
         return resize_to(image, size=size)
     short = round(size / crop_fraction)
-    image = TF.resize(image, short, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    image = TF.resize(image, short, interpolation=TF.InterpolationMode.BILINEAR,
+                      antialias=True)
     return TF.center_crop(image, [size, size])
 
 

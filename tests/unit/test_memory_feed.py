@@ -108,3 +108,34 @@ def test_startup_breakdown_names_each_phase():
                       "first_batch": 1.5, "first_step": 0.5, "to_first_step": 12.0,
                       "run_start": 10.0}
     assert startup_breakdown({"run_start": 1.0}, {})["to_first_step"] is None
+
+
+def test_what_trains_controller_unpickles_leaves_torchvision_unimported(tmp_path):
+    """Ray Train's controller unpickles the run's config, data and callbacks before it
+    starts the workers; a torchvision import there (about 1.5 s here) would delay every
+    group start, and the controller never transforms an image. A fresh interpreter loads
+    the same objects, pickled as Ray pickles them."""
+    import subprocess
+    import sys
+
+    import ray.cloudpickle
+
+    from ingest.info import DatasetInfo
+    from ingest.sharding import IngestDataConfig
+    from job.config import compose
+    from job.restarts import RestartLog
+    from job.torch_store import StoreOnMasterAddrConfig
+
+    info = DatasetInfo(num_classes=10, in_channels=1, num_train=23, num_val=10, mean=(0.5,),
+                       std=(0.5,), in_memory=splits())
+    payload = [compose([]), info, RestartLog(run_dir=str(tmp_path)),
+               StoreOnMasterAddrConfig(backend="gloo"),
+               IngestDataConfig(recipes=None, cpus_per_worker=1, preprocess_cpus=None,
+                                global_batch_size=64)]
+    (tmp_path / "payload.pkl").write_bytes(ray.cloudpickle.dumps(payload))
+    check = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
+             "print(sorted(name for name in sys.modules if name.split('.')[0] == 'torchvision'))")
+    done = subprocess.run([sys.executable, "-c", check, str(tmp_path / "payload.pkl")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
