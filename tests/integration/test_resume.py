@@ -1,13 +1,10 @@
 """Step checkpoints and exact mid-epoch resume on the multi-node test cluster: a worker
-killed mid-epoch (same world size: bit-identical to an uninterrupted run), a resume at
-another world size (2 -> 3 workers), and a real preemption notice (a node drained with
-a preemption reason and deadline). Each checks, through `data.record_sample_ids`, that
-every sample of every epoch is trained exactly once across the resume."""
+killed mid-epoch (same world size: bit-identical to an uninterrupted run) and a resume at
+another world size (2 -> 3 workers). Each checks, through `data.record_sample_ids`, that
+every sample of every epoch is trained exactly once across the resume. A real preemption
+notice (a node drained with a preemption reason and deadline) is test_tune.py's: the same
+run inside a Tune trial, where the trial's driver placement is checked too."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +33,6 @@ def assert_each_sample_once(run_dirs: list[Path], *, epochs: int) -> None:
         seen = epoch_ids(run_dirs, epoch=epoch)
         assert len(seen) == STEPS * 64, (epoch, len(seen))
         assert len(np.unique(seen)) == len(seen), f"epoch {epoch}: a sample trained twice"
-
-
-def preempt(address: str, node, *, deadline_s: int) -> None:
-    """Drain `node` as a spot reclaim does: a preemption reason and a deadline."""
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
-                    f"--address={address}", f"--node-id={node.node_id}",
-                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
-                    f"--deadline-remaining-seconds={deadline_s}"],
-                   check=True, env=os.environ, timeout=60)
 
 
 def test_worker_killed_mid_epoch_resumes_at_its_step_bit_identically(ray_cluster, tmp_path):
@@ -90,48 +78,3 @@ def test_resume_mid_epoch_at_another_world_size_trains_each_sample_once(ray_clus
     assert len(seen) == STEPS * 64 and len(np.unique(seen)) == len(seen)
     assert np.isfinite([r["train_loss"] for r in summary["history"]]).all()
     assert summary["val_samples"] == 360
-
-
-def last_step(run_dir: Path) -> int:
-    """The last global step rank 0 finished (trainers/worker.py's progress file)."""
-    try:
-        return json.loads((run_dir / "train" / "progress.json").read_text())["global_step"]
-    except (OSError, ValueError):
-        return 0
-
-
-def test_preemption_notice_checkpoints_mid_epoch_and_resumes_as_a_preemption(
-        ray_cluster, labelled_nodes, tmp_path):
-    """A real drain with a preemption reason and deadline of the node the group runs on:
-    the workers see the notice (polled every 2 steps), write a checkpoint at once,
-    mid-epoch, and train on until Ray Train restarts the group on the node that is left;
-    with max_failures=0 the run still finishes, counted as a preemption."""
-    from test_elastic import Background, wait_for
-
-    add_node, _ = labelled_nodes
-    spot = add_node("127.0.0.6", resource="raylars_spot")
-    # Long enough that the deadline comes before the run's end on a quiet machine (a run
-    # that ends first just finishes: nothing to restart); the deadline leaves a loaded
-    # machine time for the notice (Ray Train polls drains every 5 s) and the checkpoint.
-    epochs, deadline_s = 30, 25
-    config = compose(BASE + [
-        f"trainer.epochs={epochs}", "trainer.preemption_check_steps=2", "trainer.max_failures=0",
-        f"trainer.num_checkpoints_to_keep={epochs + 2}",
-        "+trainer.worker_resources.raylars_spot=1", f"run.output_dir={tmp_path}"])
-    training = Background(lambda: run_training(config))
-    wait_for(lambda: training.done or last_step(tmp_path) >= 4, timeout_s=300,
-             what="the first training steps")
-    add_node("127.0.0.7", resource="raylars_spot")  # where the restarted group can go
-    preempt(ray_cluster, spot, deadline_s=deadline_s)
-    summary = training.join()
-    assert len(summary["restart_events"]) == 2, summary["restart_events"]
-    restart = summary["restart_events"][1]
-    assert restart["reason"] == "preemption", restart
-    # The notice's checkpoint: a step checkpoint (none is configured otherwise), at a
-    # step the preemption check ran on. The restart took the latest registered one.
-    notice = sorted((tmp_path / "train").glob("checkpoint_step_*"))
-    assert len(notice) == 1 and int(notice[0].name.split("_")[-1]) % 2 == 0, notice
-    assert restart["resume_step"] >= int(notice[0].name.split("_")[-1])
-    assert summary["resumes"][0]["global_step"] == restart["resume_step"]
-    assert summary["global_steps"] == epochs * STEPS and summary["epochs_completed"] == epochs
-    assert_each_sample_once([tmp_path], epochs=epochs)

@@ -1,9 +1,13 @@
 """A tiny coarse-to-fine sweep on the real local cluster: both stages, stage 2 centred on
 stage 1's best, a diverging (nan) trial recorded without stopping the sweep, resources
-released, and a rerun restoring the finished stages."""
+released, and a rerun restoring the finished stages; a cross refinement; and a trial
+whose node is preempted (checkpoint at the notice, exact resume on the node left)."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,28 +92,51 @@ def test_cross_refinement_adds_a_warmup_stage_at_the_best_fine_lr(ray_cluster, t
     assert summary["leaked_cpus"] == 0
 
 
-def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head(
+def preempt(address: str, node, *, deadline_s: int) -> None:
+    """Drain `node` as a spot reclaim does: a preemption reason and a deadline."""
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "drain-node",
+                    f"--address={address}", f"--node-id={node.node_id}",
+                    "--reason=DRAIN_NODE_REASON_PREEMPTION", "--reason-message=spot reclaim",
+                    f"--deadline-remaining-seconds={deadline_s}"],
+                   check=True, env=os.environ, timeout=60)
+
+
+def last_step(run_dir: Path) -> int:
+    """The last global step rank 0 finished (trainers/worker.py's progress file)."""
+    try:
+        return json.loads((run_dir / "train" / "progress.json").read_text())["global_step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_a_preempted_trial_checkpoints_at_the_notice_and_resumes_on_the_node_left(
         ray_cluster, labelled_nodes, tmp_path):
     """A real drain (preemption reason, deadline) of the node a trial's workers run on.
-    The workers checkpoint at the notice, and Train restarts them on the node that is
-    left. The trial finishes and records the preemption. Its driver and Train controller
-    ran on the head node, which the drain could not take."""
+    The workers see the notice (polled every 2 steps) and write a step checkpoint at once,
+    mid-epoch; Ray Train restarts them from it on the node that is left, with
+    max_failures=0 (only the preemption budget may restart them). Through Ray Data tasks,
+    every sample of every epoch is trained once across the restart. The trial finishes
+    and records the preemption; its driver and Train controller ran on the head node,
+    which the drain could not take."""
     import ray
     from ray.util.state import list_actors
     from test_elastic import Background, wait_for
-    from test_resume import last_step, preempt
+    from test_resume import STEPS, assert_each_sample_once
 
+    from job.restarts import read_restarts
     from tune.runner import HEAD_NODE_RESOURCE
 
     add_node, _ = labelled_nodes
     spot = add_node("127.0.0.8", resource="raylars_spot")
-    # One trial, long enough that the deadline comes before its end (as in test_resume's
-    # preemption test); max_failures=0: only the preemption budget may restart it.
+    # One trial, long enough that the deadline comes before its end on a quiet machine (a
+    # run that ends first just finishes: nothing to restart); the deadline leaves a loaded
+    # machine time for the notice (Ray Train polls drains every 5 s) and the checkpoint.
     epochs = 30
     sweep = compose_sweep([
         "tune.name=exhaustive", "tune.lr_min=10", "tune.lr_max=10", "tune.warmup_epochs=[0]",
         "optim.warmup_epochs=0", f"trainer.epochs={epochs}", "trainer.preemption_check_steps=2",
         "trainer.max_failures=0", f"trainer.num_checkpoints_to_keep={epochs + 2}",
+        "data.record_sample_ids=true", "data.preprocess_on=tasks",
         "+trainer.worker_resources.raylars_spot=1", f"run.output_dir={tmp_path}"])
     sweeping = Background(lambda: run_tune_sweep(sweep))
     wait_for(lambda: sweeping.done or any(last_step(trial) >= 4
@@ -131,6 +158,16 @@ def test_a_preempted_trial_restarts_its_workers_and_its_driver_stays_on_the_head
     (trial,) = summary["stages"][0]["trials"]
     assert trial["error"] is None and trial["epochs_run"] == epochs, trial
     assert trial["restarts"] == ["preemption"], trial
+    # The notice's checkpoint: a step checkpoint (none is configured otherwise), at a step
+    # the preemption check ran on. The restart took the latest registered one.
+    (trial_dir,) = [path for path in tmp_path.glob("exhaustive/*") if path.is_dir()]
+    notice = sorted((trial_dir / "train").glob("checkpoint_step_*"))
+    assert len(notice) == 1 and int(notice[0].name.split("_")[-1]) % 2 == 0, notice
+    restart = read_restarts(trial_dir / "train")["restart_events"][1]
+    assert restart["reason"] == "preemption" and restart["resume_step"] >= int(
+        notice[0].name.split("_")[-1]), restart
+    assert last_step(trial_dir) == epochs * STEPS
+    assert_each_sample_once([trial_dir], epochs=epochs)
     # The trial's Train controller sits where its driver (the trial function) ran.
     head = next(node["NodeID"] for node in ray.nodes()
                 if HEAD_NODE_RESOURCE in node["Resources"])
