@@ -111,20 +111,20 @@ def shift(image: torch.Tensor, *, rng: np.random.Generator, max_px: int) -> torc
 
 
 def resize_to(image: torch.Tensor, *, size: int) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as TF
-
     if tuple(image.shape[1:]) == (size, size):
         return image
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(image, [size, size], interpolation=TF.InterpolationMode.BILINEAR,
                      antialias=True)
 
 
 def center(image: torch.Tensor, *, size: int, crop_fraction: float) -> torch.Tensor:
     """Val: resize the short side to size / crop_fraction, then center-crop size."""
-    from torchvision.transforms.v2 import functional as TF
-
     if crop_fraction >= 1.0:
         return resize_to(image, size=size)
+    from torchvision.transforms.v2 import functional as TF
+
     short = round(size / crop_fraction)
     image = TF.resize(image, short, interpolation=TF.InterpolationMode.BILINEAR,
                       antialias=True)
