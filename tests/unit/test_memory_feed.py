@@ -3,12 +3,14 @@ slices of every rank cover each sample exactly once, deterministically per (seed
 with the pipeline's own transforms; and the auto rule picks workers only when the cluster
 has no CPU to spare for tasks."""
 
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from common.paths import REPO_ROOT
 from ingest.memory import MemoryFeed, MemorySplits, use_worker_preprocessing
 from ingest.order import StepSlices, unit_order
 from ingest.pipeline import ArraySource, TransformSpec
@@ -110,32 +112,17 @@ def test_startup_breakdown_names_each_phase():
     assert startup_breakdown({"run_start": 1.0}, {})["to_first_step"] is None
 
 
+
 def test_what_trains_controller_unpickles_leaves_torchvision_unimported(tmp_path):
     """Ray Train's controller unpickles the run's config, data and callbacks before it
     starts the workers; a torchvision import there (about 1.5 s here) would delay every
     group start, and the controller never transforms an image. A fresh interpreter loads
     the same objects, pickled as Ray pickles them."""
-    import subprocess
-    import sys
-
     import ray.cloudpickle
 
-    from ingest.info import DatasetInfo
-    from ingest.sharding import IngestDataConfig
-    from job.config import compose
-    from job.restarts import RestartLog
-    from job.torch_store import StoreOnMasterAddrConfig
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from controller_imports import controller_payload, load_in_fresh_interpreter
 
-    info = DatasetInfo(num_classes=10, in_channels=1, num_train=23, num_val=10, mean=(0.5,),
-                       std=(0.5,), in_memory=splits())
-    payload = [compose([]), info, RestartLog(run_dir=str(tmp_path)),
-               StoreOnMasterAddrConfig(backend="gloo"),
-               IngestDataConfig(recipes=None, cpus_per_worker=1, preprocess_cpus=None,
-                                global_batch_size=64)]
-    (tmp_path / "payload.pkl").write_bytes(ray.cloudpickle.dumps(payload))
-    check = ("import pickle, sys; pickle.loads(open(sys.argv[1], 'rb').read()); "
-             "print(sorted(name for name in sys.modules if name.split('.')[0] == 'torchvision'))")
-    done = subprocess.run([sys.executable, "-c", check, str(tmp_path / "payload.pkl")],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]", done.stdout
+    path = tmp_path / "payload.pkl"
+    path.write_bytes(ray.cloudpickle.dumps(controller_payload(tmp_path / "run")))
+    assert load_in_fresh_interpreter(path)["torchvision"] == []
